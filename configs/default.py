@@ -1,0 +1,131 @@
+"""Default configuration: every section and key the trainer reads, with defaults.
+
+Other configs import this one and override what differs. Launch:
+
+    python main.py --config=configs/default.py --workdir=/tmp/diffusion_jax
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the full default configuration (a small class-conditional RIN on digits)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Input pipeline (diffusion_jax/input_pipeline.py).
+  config.data = data = ml_collections.ConfigDict()
+  data.name = 'digits'  # 'digits' | 'cifar10' | 'imagenet2012' | 'folder'
+  data.image_size = 16
+  data.num_channels = 1
+  data.num_classes = 10
+  data.data_dir = ''  # tfds data_dir; '' = tfds default.
+  data.folder = ''  # root of an image folder (class = subfolder) for name='folder'.
+  data.train_split = 'train'
+  data.random_flip = False
+  data.shuffle_buffer = 10_000
+  data.augment_prob = 0.0  # EDM non-leaking augmentation probability; 0 = off.
+  data.prefetch = 2
+
+  # Network (diffusion_jax/models/).
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'rin'  # 'rin' | 'unet'
+  model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'
+  model.param_dtype = 'float32'
+  model.remat = False
+  model.learn_variance = False  # extra output channels for iDDPM's learned variance.
+  # RIN.
+  model.patch_size = 2
+  model.tape_dim = 128
+  model.tape_mlp_ratio = 2
+  model.read_write_heads = 4
+  model.num_latents = 32
+  model.latent_dim = 128
+  model.latent_heads = 4
+  model.latent_mlp_ratio = 4
+  model.num_blocks = 2
+  model.num_compute_layers = 2
+  model.dropout = 0.0
+  model.drop_path = 0.0
+  # U-Net.
+  model.base_channels = 64
+  model.channel_mults = (1, 2, 2)
+  model.num_res_blocks = 2
+  model.attention_resolutions = (16,)
+  model.num_heads = 4
+  model.augment_dim = 0  # EDM augmentation-conditioning width; 0 = none.
+
+  # Diffusion process and training objective (diffusion_jax/schedules.py, objectives).
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.objective = 'chen'  # 'chen' | 'ddpm' | 'iddpm' | 'edm' | 'ncsn'
+  # Chen 2023 (continuous time).
+  diffusion.train_schedule = 'linear'  # 'linear' | 'sigmoid' | 'cosine'
+  diffusion.schedule_start = 0.0
+  diffusion.schedule_end = 1.0
+  diffusion.schedule_tau = 1.0
+  diffusion.scale = 1.0  # input scale b.
+  diffusion.prediction = 'eps'  # 'eps' | 'x0' | 'v'
+  diffusion.normalize = 'per_example'  # 'per_example' | 'analytic' | 'none'
+  diffusion.self_cond_rate = 0.9
+  diffusion.label_drop_prob = 0.1  # classifier-free guidance training.
+  # DDPM / iDDPM (discrete time).
+  diffusion.num_timesteps = 1000
+  diffusion.beta_schedule = 'linear'  # 'linear' | 'cosine'
+  diffusion.loss = 'simple'  # 'simple' | 'hybrid' | 'vlb'
+  diffusion.importance_sampling = False
+  # EDM.
+  diffusion.sigma_data = 0.5
+  diffusion.p_mean = -1.2
+  diffusion.p_std = 1.2
+  # NCSNv2.
+  diffusion.sigma_max = 50.0
+  diffusion.sigma_min = 0.01
+  diffusion.num_levels = 232
+
+  # Optimizer (diffusion_jax/optim.py).
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.name = 'lamb'  # 'lamb' | 'adamw' | 'adam'
+  optim.learning_rate = 2e-3
+  optim.lr_schedule = 'cosine'  # 'cosine' | 'constant'
+  optim.warmup_steps = 200
+  optim.b1 = 0.9
+  optim.b2 = 0.999
+  optim.eps = 1e-8
+  optim.weight_decay = 0.01
+  optim.grad_clip = 0.0  # global-norm clip; 0 = off.
+  optim.ema_decay = 0.9999
+  optim.ema_warmup = True
+
+  # Training loop (diffusion_jax/train.py).
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 128  # global batch over all devices and hosts.
+  training.num_steps = 4000
+  training.log_every = 50
+  training.checkpoint_every = 500
+  training.keep_checkpoints = 3
+  training.sample_every = 1000
+  training.num_sample_images = 64
+  training.profile = False
+  training.mesh_fsdp = 1  # size of the 'fsdp' mesh axis; 1 = pure data parallel.
+
+  # Sampling (diffusion_jax/samplers.py).
+  config.sample = sample = ml_collections.ConfigDict()
+  sample.sampler = 'chen_ddpm'  # registered sampler name.
+  sample.num_steps = 100
+  sample.inference_schedule = 'cosine'
+  sample.guidance = 0.0  # classifier-free guidance weight w; 0 = off.
+  sample.num_samples = 100
+  sample.batch_size = 100
+  sample.clip_x0 = True
+  sample.s_churn = 0.0
+  sample.s_tmin = 0.0
+  sample.s_tmax = float('inf')
+  sample.s_noise = 1.0
+
+  # Evaluation (diffusion_jax/evaluation/).
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.num_samples = 1000
+  ev.metrics = ('digits',)  # 'digits' | 'fid' | 'is' | 'nll'
+  ev.inception_weights = ''  # path to converted FID Inception weights (.npz)
+  ev.reference_stats = ''  # path to reference (mu, sigma) .npz
+  return config
