@@ -1,0 +1,117 @@
+"""Denoising networks behind one interface, chosen by `config.model.name`.
+
+    model_cfg = ModelConfig.from_config(config.model, config.data)
+    model = create_model(model_cfg)
+    params = model.init(rng, x, noise_level, label)
+    prediction, carry = model.apply(params, x, noise_level, label, self_cond=carry)
+
+`noise_level` [B] is the conditioning scalar already scaled by the objective (Chen:
+1000 * gamma, DDPM/iDDPM: timestep index, EDM: 250 ln(sigma), NCSN: 0). `carry` is the
+self-conditioning input of the next call (RIN: final latents; U-Net: the prediction).
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.models.config import MODEL_NAMES, ModelConfig
+from diffusion_jax.models.rin import RIN
+from diffusion_jax.models.unet import UNet
+
+__all__ = ['MODEL_NAMES', 'Model', 'ModelConfig', 'create_model', 'count_params']
+
+_REGISTRY: dict[str, type[nn.Module]] = {'rin': RIN, 'unet': UNet}
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A network as two pure functions over a plain params pytree (`{'params': ...}`)."""
+
+  config: ModelConfig
+  module: nn.Module
+
+  def _check_inputs(self, x: jax.Array, noise_level: jax.Array) -> None:
+    cfg = self.config
+    expected = (cfg.image_size, cfg.image_size, cfg.num_channels)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+      raise ValueError(
+        f'x must have shape [B, {expected[0]}, {expected[1]}, {expected[2]}] (from '
+        f'config.data), got {tuple(x.shape)}.'
+      )
+    if jnp.shape(noise_level) != (x.shape[0],):
+      raise ValueError(
+        f'noise_level must have shape [B] = ({x.shape[0]},), got {jnp.shape(noise_level)}.'
+      )
+
+  def init(
+    self,
+    rng: jax.Array,
+    x: jax.Array,
+    noise_level: jax.Array,
+    label: jax.Array | None = None,
+  ) -> dict[str, Any]:
+    """Initial parameters `{'params': ...}` for inputs shaped like `x` [B, H, W, C]."""
+    self._check_inputs(x, noise_level)
+    return self.module.init({'params': rng}, x, noise_level, label, None, None, False)
+
+  def apply(
+    self,
+    params: dict[str, Any],
+    x: jax.Array,
+    noise_level: jax.Array,
+    label: jax.Array | None = None,
+    self_cond: jax.Array | None = None,
+    augment: jax.Array | None = None,
+    train: bool = False,
+    rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, jax.Array]:
+    """Runs the network: `(prediction [B, H, W, C_out], carry)`.
+
+    `train=True` enables dropout / drop-path and needs `rng`.
+    """
+    self._check_inputs(x, noise_level)
+    rngs = {}
+    if train:
+      if rng is None:
+        raise ValueError('apply(train=True) needs rng (a jax.random key for dropout).')
+      rngs = {'dropout': rng}
+    return self.module.apply(params, x, noise_level, label, self_cond, augment, train, rngs=rngs)
+
+  def carry_shape(self, batch_size: int) -> tuple[int, ...]:
+    """Shape of the self-conditioning carry for a batch (its dtype is float32)."""
+    cfg = self.config
+    if cfg.name == 'rin':
+      return (batch_size, cfg.num_latents, cfg.latent_dim)
+    return (batch_size, cfg.image_size, cfg.image_size, cfg.out_channels)
+
+  def param_shapes(self, batch_size: int = 1) -> Any:
+    """Parameter ShapeDtypeStructs, computed without allocating (jax.eval_shape)."""
+    cfg = self.config
+    x = jax.ShapeDtypeStruct((batch_size, cfg.image_size, cfg.image_size, cfg.num_channels),
+                             jnp.float32)
+    t = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
+    label = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    return jax.eval_shape(lambda r, x, t, y: self.init(r, x, t, y), jax.random.key(0), x, t, label)
+
+
+def count_params(params: Any) -> int:
+  """Total number of scalars in a params pytree (arrays or ShapeDtypeStructs)."""
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+
+
+def create_model(model_cfg: ModelConfig) -> Model:
+  """Builds the network named by `model_cfg.name` ('rin' or 'unet')."""
+  if not isinstance(model_cfg, ModelConfig):
+    raise ValueError(
+      'create_model takes a ModelConfig; build one with '
+      'ModelConfig.from_config(config.model, config.data).'
+    )
+  if model_cfg.name not in _REGISTRY:
+    raise ValueError(
+      f'config.model.name={model_cfg.name!r} is not registered; valid names: {tuple(_REGISTRY)}.'
+    )
+  return Model(model_cfg, _REGISTRY[model_cfg.name](model_cfg))

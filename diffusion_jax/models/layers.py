@@ -1,0 +1,167 @@
+"""Building blocks shared by the RIN and the U-Net: embeddings, attention, MLP, drop-path.
+
+Attention keeps every projection fused (one matmul for Q, K and V in self-attention, one
+for K and V in cross-attention) and calls `jax.nn.dot_product_attention` on the
+`[batch, length, heads, head_dim]` layout, which lets XLA skip most transposes.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+
+def sinusoidal_embedding(x: jax.typing.ArrayLike, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal features of a scalar per example, `[sin(x w_k), cos(x w_k)]`.
+
+  Source: Vaswani et al. 2017, sec. 3.5; used on the timestep by DDPM (Ho et al. 2020,
+  appendix B) and on 1000 * gamma by Chen 2023. Frequencies w_k = max_period^(-k / (half - 1)).
+
+  Args:
+    x: [B] conditioning scalars (already scaled, e.g. 1000 * gamma or a timestep index).
+    dim: number of features; must be even and >= 4.
+    max_period: the longest period.
+
+  Returns:
+    [B, dim] float32 features.
+  """
+  if dim < 4 or dim % 2:
+    raise ValueError(f'dim must be even and >= 4, got {dim}.')
+  x = jnp.asarray(x, jnp.float32)
+  if x.ndim != 1:
+    raise ValueError(f'x must have shape [B], got {x.shape}.')
+  half = dim // 2
+  freqs = np.exp(-np.log(max_period) * np.arange(half) / (half - 1)).astype(np.float32)
+  args = x[:, None] * freqs[None, :]  # [B, half]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def attention(
+  q: jax.Array, k: jax.Array, v: jax.Array, dtype: Dtype = jnp.float32
+) -> jax.Array:
+  """Softmax attention per head on `[B, T, H, Dh]` queries and `[B, S, H, Dh]` keys/values.
+
+  The logits and softmax run in float32 even when the inputs are bfloat16.
+  """
+  out = jax.nn.dot_product_attention(q, k, v, implementation='xla')  # [B, T, H, Dh]
+  return out.astype(dtype)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with one fused QKV projection.
+
+  Source: Vaswani et al. 2017, sec. 3.2.
+  """
+
+  num_heads: int
+  out_init: Initializer = nn.initializers.xavier_uniform()
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dim = x.shape[-1]
+    head_dim = dim // self.num_heads
+    qkv = nn.DenseGeneral(
+      (3, self.num_heads, head_dim),
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='qkv',
+    )(x)  # [B, N, 3, H, Dh]
+    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.dtype)  # [B, N, H, Dh]
+    return nn.DenseGeneral(
+      dim,
+      axis=(-2, -1),
+      kernel_init=self.out_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='out',
+    )(out)  # [B, N, D]
+
+
+class CrossAttention(nn.Module):
+  """Multi-head cross-attention: queries from `x`, fused keys/values from `context`.
+
+  `inner_dim` is the width of the attention (heads * head_dim); RIN uses
+  min(tape_dim, latent_dim). The output is projected back to x's width.
+  """
+
+  num_heads: int
+  inner_dim: int
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+    head_dim = self.inner_dim // self.num_heads
+    dense = lambda features, name, axis=-1: nn.DenseGeneral(
+      features,
+      axis=axis,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
+    q = dense((self.num_heads, head_dim), 'q')(x)  # [B, T, H, Dh]
+    kv = dense((2, self.num_heads, head_dim), 'kv')(context)  # [B, S, 2, H, Dh]
+    out = attention(q, kv[:, :, 0], kv[:, :, 1], self.dtype)  # [B, T, H, Dh]
+    return dense(x.shape[-1], 'out', axis=(-2, -1))(out)  # [B, T, D]
+
+
+class Mlp(nn.Module):
+  """Two-layer GELU MLP with dropout on the hidden units."""
+
+  hidden_dim: int
+  dropout: float = 0.0
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    dim = x.shape[-1]
+    h = nn.Dense(
+      self.hidden_dim,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='fc1',
+    )(x)
+    h = nn.gelu(h)
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return nn.Dense(
+      dim,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='fc2',
+    )(h)
+
+
+def drop_path(
+  module: nn.Module, x: jax.Array, rate: float, deterministic: bool
+) -> jax.Array:
+  """Stochastic depth: zeroes the whole residual branch `x` per example, rescales the rest.
+
+  Source: Huang et al. 2016, "Deep Networks with Stochastic Depth". Uses the
+  module's 'dropout' rng stream.
+  """
+  if deterministic or rate == 0.0:
+    return x
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(module.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, **kwargs: Any) -> nn.LayerNorm:
+  """LayerNorm with RIN's epsilon (1e-6)."""
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, name=name, **kwargs)
