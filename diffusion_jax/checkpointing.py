@@ -172,7 +172,9 @@ def latest_step(workdir: str) -> int | None:
   if not os.path.isdir(directory):
     return None
   with ocp.CheckpointManager(
-    directory, item_names=('train', 'ema_params'), options=ocp.CheckpointManagerOptions(create=False)
+    directory,
+    item_names=('train', 'ema_params'),
+    options=ocp.CheckpointManagerOptions(create=False),
   ) as manager:
     return manager.latest_step()
 

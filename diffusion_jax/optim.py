@@ -67,9 +67,7 @@ class OptimConfig:
         f'schedule; use one of {", ".join(LR_SCHEDULES)}.'
       )
     if not self.learning_rate > 0:
-      raise ValueError(
-        f'config.optim.learning_rate={self.learning_rate} must be > 0 (e.g. 2e-3).'
-      )
+      raise ValueError(f'config.optim.learning_rate={self.learning_rate} must be > 0 (e.g. 2e-3).')
     if self.num_steps < 1:
       raise ValueError(f'config.training.num_steps={self.num_steps} must be >= 1.')
     if not 0 <= self.warmup_steps <= self.num_steps:

@@ -101,10 +101,10 @@ def cosine_schedule(
   _check_positive('tau', tau, 'Use a positive power such as 1.0.')
   t = jnp.asarray(t)
   power = 2.0 * tau
-  v_start = jnp.cos(start * math.pi / 2) ** power
-  v_end = jnp.cos(end * math.pi / 2) ** power
-  # Clamp before the power: cos can be a hair below 0 at end=1 in float32.
-  out = jnp.maximum(jnp.cos((t * (end - start) + start) * math.pi / 2), 0.0) ** power
+  # Clamp before the power: cos(pi / 2) is a hair below 0 in float32.
+  cos_pow = lambda u: jnp.maximum(jnp.cos(u * (math.pi / 2)), 0.0) ** power
+  v_start, v_end = cos_pow(start), cos_pow(end)
+  out = cos_pow(t * (end - start) + start)
   return jnp.clip((v_end - out) / (v_end - v_start), clip_min, 1.0)
 
 
@@ -266,6 +266,7 @@ def get_betas(name: str, num_timesteps: int = 1000) -> np.ndarray:
   return _BETA_SCHEDULES[name](num_timesteps)
 
 
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True, eq=False)
 class DiscreteSchedule:
   """The float64 tables of a discrete diffusion, each of shape [T].
@@ -273,6 +274,9 @@ class DiscreteSchedule:
   Index i in [0, T - 1] is DDPM's t = i + 1. `timesteps` holds the original
   training indices (arange(T) unless respaced), which is what a model trained on
   the full chain must be conditioned on.
+
+  The class is a static pytree node hashed by its tables: it can be passed straight
+  to a jitted function, which retraces only when the tables change.
 
   Source: Ho 2020 (DDPM) Eqs. 4, 6, 7; Nichol & Dhariwal 2021 (Improved DDPM) Section 4.
   """
@@ -368,6 +372,17 @@ class DiscreteSchedule:
     return hash(self._key())
 
 
+def _parse_counts(items, spec) -> list[int]:
+  parts = items.split(',') if isinstance(items, str) else list(items)
+  try:
+    return [int(p) for p in parts]
+  except (TypeError, ValueError):
+    raise ValueError(
+      f"spec {spec!r} is not understood; use an int N, 'N1,N2,...', 'ddimN' or "
+      "('leading' | 'trailing' | 'linspace', N)."
+    ) from None
+
+
 def space_timesteps(num_timesteps: int, spec: int | str | Sequence) -> np.ndarray:
   """Sorted indices in [0, T - 1] of a sampling subsequence.
 
@@ -391,24 +406,25 @@ def space_timesteps(num_timesteps: int, spec: int | str | Sequence) -> np.ndarra
     if mode == 'leading':
       out = np.arange(n) * (T // n)
     elif mode == 'trailing':
-      out = np.round(np.arange(T, 0, -T / n)).astype(np.int64)[::-1] - 1
+      # k T / n for k < n, not arange(T, 0, -T / n): float steps can add an extra point.
+      out = (np.round(T - np.arange(n) * (T / n)).astype(np.int64) - 1)[::-1]
     elif mode == 'linspace':
       out = np.round(np.linspace(0, T - 1, n)).astype(np.int64)
     else:
       raise ValueError(f"spec mode must be 'leading', 'trailing' or 'linspace', got {mode!r}.")
     return np.asarray(out, dtype=np.int64)
   if isinstance(spec, str) and spec.startswith('ddim'):
-    n = int(spec[4:])
+    n = _parse_counts(spec[4:], spec)[0]
     for stride in range(1, T + 1):
       if len(range(0, T, stride)) == n:
         return np.arange(0, T, stride, dtype=np.int64)
     raise ValueError(f'spec {spec!r}: no integer stride gives exactly {n} steps out of {T}.')
   if isinstance(spec, str):
-    counts = [int(c) for c in spec.split(',')]
+    counts = _parse_counts(spec, spec)
   elif isinstance(spec, (int, np.integer)):
     counts = [int(spec)]
   else:
-    counts = [int(c) for c in spec]
+    counts = _parse_counts(spec, spec)
   if not counts or any(c < 1 for c in counts):
     raise ValueError(f'spec section counts must all be >= 1, got {counts}.')
   size_per, extra = divmod(T, len(counts))
@@ -438,10 +454,12 @@ def karras_sigmas(
   _check_positive('rho', rho)
   _check_positive('sigma_min', sigma_min)
   _check_order('sigma_min', sigma_min, 'sigma_max', sigma_max)
-  ramp = jnp.arange(n, dtype=jnp.float32) / max(n - 1, 1)
-  lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
-  sigmas = (hi + ramp * (lo - hi)) ** rho
-  return jnp.concatenate([sigmas, jnp.zeros((1,), sigmas.dtype)]).astype(jnp.float32)
+  # Concrete arguments are evaluated in float64 so the endpoints are exact in float32.
+  xp = np if all(_concrete(v) is not None for v in (sigma_min, sigma_max, rho)) else jnp
+  ramp = xp.arange(n) / max(n - 1, 1)
+  lo, hi = xp.power(sigma_min, 1.0 / rho), xp.power(sigma_max, 1.0 / rho)
+  sigmas = xp.append(xp.power(hi + ramp * (lo - hi), rho), 0.0)
+  return jnp.asarray(sigmas, dtype=jnp.float32)
 
 
 def vp_sigma(t: ArrayLike, beta_d: float = 19.9, beta_min: float = 0.1) -> jax.Array:
@@ -509,7 +527,9 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> jax
   num_levels = _check_count('num_levels', num_levels)
   _check_positive('sigma_min', sigma_min)
   _check_order('sigma_min', sigma_min, 'sigma_max', sigma_max)
-  return jnp.exp(jnp.linspace(jnp.log(sigma_max), jnp.log(sigma_min), num_levels))
+  xp = np if _concrete(sigma_max) is not None and _concrete(sigma_min) is not None else jnp
+  sigmas = xp.exp(xp.linspace(xp.log(sigma_max), xp.log(sigma_min), num_levels))
+  return jnp.asarray(sigmas, dtype=jnp.float32)
 
 
 def ncsn_sigma_ratio(sigma_max: float, sigma_min: float, num_levels: int) -> float:

@@ -27,8 +27,10 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
-                   'pt_inception-2015-12-05-6726825d.pth')
+FID_WEIGHTS_URL = (
+  'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
+  'pt_inception-2015-12-05-6726825d.pth'
+)
 NUM_POOL_FEATURES = 2048
 NUM_LOGITS = 1008  # The 2015-12-05 graph: 1000 ImageNet classes + 8 unused.
 INPUT_SIZE = 299
@@ -53,7 +55,8 @@ def missing_weights_message(path: str) -> str:
     '  3. python experiments/convert_inception_weights.py '
     f'--input pt_inception-2015-12-05-6726825d.pth --output {target}\n'
     f'  4. set config.eval.inception_weights={target!r} '
-    '(e.g. --config.eval.inception_weights=PATH on the command line).')
+    '(e.g. --config.eval.inception_weights=PATH on the command line).'
+  )
 
 
 _he_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
@@ -72,16 +75,22 @@ class BasicConv2d(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     ph, pw = self.padding
     x = nn.Conv(
-      self.features, self.kernel_size, strides=self.strides, padding=((ph, ph), (pw, pw)),
-      use_bias=False, kernel_init=_he_init, precision=self.precision, name='conv')(x)
+      self.features,
+      self.kernel_size,
+      strides=self.strides,
+      padding=((ph, ph), (pw, pw)),
+      use_bias=False,
+      kernel_init=_he_init,
+      precision=self.precision,
+      name='conv',
+    )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name='bn')(x)
     return nn.relu(x)
 
 
 def _avg_pool_exclude_pad(x: jax.Array) -> jax.Array:
   # TensorFlow's 3x3/1 'SAME' average pool: padded zeros are not counted.
-  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                     count_include_pad=False)
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
 
 
 class FIDInceptionA(nn.Module):
@@ -171,16 +180,22 @@ class FIDInceptionE(nn.Module):
     conv = functools.partial(BasicConv2d, precision=self.precision)
     b1 = conv(320, name='branch1x1')(x)
     b3 = conv(384, name='branch3x3_1')(x)
-    b3 = jnp.concatenate([
-      conv(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
-      conv(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3),
-    ], axis=-1)
+    b3 = jnp.concatenate(
+      [
+        conv(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+        conv(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3),
+      ],
+      axis=-1,
+    )
     bd = conv(448, name='branch3x3dbl_1')(x)
     bd = conv(384, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
-    bd = jnp.concatenate([
-      conv(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
-      conv(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd),
-    ], axis=-1)
+    bd = jnp.concatenate(
+      [
+        conv(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+        conv(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd),
+      ],
+      axis=-1,
+    )
     if self.max_pool_branch:
       pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
     else:
@@ -214,11 +229,14 @@ class InceptionV3(nn.Module):
     if self.resize is not None and x.shape[1:3] != (self.resize, self.resize):
       # Half-pixel-centre bilinear without antialiasing = torch's
       # F.interpolate(mode='bilinear', align_corners=False) used by pytorch-fid.
-      x = jax.image.resize(x, (x.shape[0], self.resize, self.resize, 3), 'bilinear',
-                           antialias=False)
+      x = jax.image.resize(
+        x, (x.shape[0], self.resize, self.resize, 3), 'bilinear', antialias=False
+      )
     if min(x.shape[1:3]) < MIN_INPUT_SIZE:
-      raise ValueError(f'Inception needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} '
-                       f'pixels; got {x.shape[1:3]}. Set resize (default 299).')
+      raise ValueError(
+        f'Inception needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} '
+        f'pixels; got {x.shape[1:3]}. Set resize (default 299).'
+      )
     conv = functools.partial(BasicConv2d, precision=self.precision)
     x = conv(32, (3, 3), strides=(2, 2), name='Conv2d_1a_3x3')(x)  # [B, 149, 149, 32]
     x = conv(32, (3, 3), name='Conv2d_2a_3x3')(x)  # [B, 147, 147, 32]
@@ -268,8 +286,9 @@ def save_variables_npz(variables: Variables, path: str) -> None:
 def expected_variable_shapes(num_classes: int = NUM_LOGITS) -> dict[str, tuple[int, ...]]:
   """The flat key -> shape table of the FID Inception (computed abstractly, no FLOPs)."""
   model = InceptionV3(resize=None, num_classes=num_classes)
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
+  shapes = jax.eval_shape(
+    model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
+  )
   return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep='/').items()}
 
 
@@ -295,21 +314,39 @@ def load_inception_variables(path: str) -> Variables:
   unexpected = sorted(set(flat) - set(expected))
   wrong = sorted(k for k in set(expected) & set(flat) if flat[k].shape != expected[k])
   if missing or unexpected or wrong:
-    details = [f'missing {missing[:5]}' if missing else '',
-               f'unexpected {unexpected[:5]}' if unexpected else '',
-               ', '.join(f'{k}: {flat[k].shape} != {expected[k]}' for k in wrong[:5])]
-    raise ValueError(f'{path} is not an FID Inception weights file ({len(missing)} missing, '
-                     f'{len(unexpected)} unexpected, {len(wrong)} wrong-shape keys: '
-                     f'{"; ".join(d for d in details if d)}). Re-create it with '
-                     'experiments/convert_inception_weights.py.')
+    details = [
+      f'missing {missing[:5]}' if missing else '',
+      f'unexpected {unexpected[:5]}' if unexpected else '',
+      ', '.join(f'{k}: {flat[k].shape} != {expected[k]}' for k in wrong[:5]),
+    ]
+    raise ValueError(
+      f'{path} is not an FID Inception weights file ({len(missing)} missing, '
+      f'{len(unexpected)} unexpected, {len(wrong)} wrong-shape keys: '
+      f'{"; ".join(d for d in details if d)}). Re-create it with '
+      'experiments/convert_inception_weights.py.'
+    )
   return unflatten_variables(flat)
 
 
-def init_random_variables(rng: jax.Array, num_classes: int = NUM_LOGITS) -> Variables:
-  """Random (He-initialized) variables with the FID Inception's structure, for tests."""
-  model = InceptionV3(resize=None, num_classes=num_classes)
-  dummy = jnp.zeros((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3), jnp.float32)
-  return jax.jit(model.init)(rng, dummy)
+def init_random_variables(seed: int = 0, num_classes: int = NUM_LOGITS) -> Variables:
+  """Random variables with the FID Inception's structure (He-normal kernels), for tests.
+
+  Drawn with numpy from the abstract shapes: jitting `model.init` for 24M parameters compiles
+  slowly on CPU, and tests only need well-scaled weights.
+  """
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for key, shape in expected_variable_shapes(num_classes).items():
+    name = key.rsplit('/', 1)[-1]
+    if name == 'kernel':
+      gain = 1.0 if key.startswith('params/fc/') else 2.0
+      std = np.sqrt(gain / np.prod(shape[:-1]))
+      flat[key] = (std * rng.standard_normal(shape)).astype(np.float32)
+    elif name in ('scale', 'var'):
+      flat[key] = np.ones(shape, np.float32)
+    else:  # bias, mean
+      flat[key] = np.zeros(shape, np.float32)
+  return unflatten_variables(flat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,8 +392,9 @@ class InceptionFeatureExtractor:
     self._data_sharding = NamedSharding(self.mesh, P('data'))
     replicated = NamedSharding(self.mesh, P())
     self._variables = jax.device_put(self.variables, replicated)
-    self._forward = jax.jit(model.apply, in_shardings=(replicated, self._data_sharding),
-                            out_shardings=self._data_sharding)
+    self._forward = jax.jit(
+      model.apply, in_shardings=(replicated, self._data_sharding), out_shardings=self._data_sharding
+    )
 
   def __call__(self, images: np.ndarray | jax.Array) -> dict[str, np.ndarray]:
     """Features of images [N, H, W, C] in [-1, 1] -> {'pool': [N, 2048], 'logits': [N, 1008]}."""
@@ -367,13 +405,19 @@ class InceptionFeatureExtractor:
       images = quantize_images(images)
     outputs = {'pool': [], 'logits': []}
     for start in range(0, images.shape[0], self.batch_size):
-      chunk = images[start:start + self.batch_size]
+      chunk = images[start : start + self.batch_size]
       n = chunk.shape[0]
       if n < self.batch_size:
-        chunk = np.concatenate([chunk, np.zeros((self.batch_size - n,) + chunk.shape[1:],
-                                                chunk.dtype)])
+        chunk = np.concatenate(
+          [chunk, np.zeros((self.batch_size - n,) + chunk.shape[1:], chunk.dtype)]
+        )
       out = self._forward(self._variables, jax.device_put(chunk, self._data_sharding))
       for k in outputs:
         outputs[k].append(np.asarray(out[k])[:n])
-    return {k: (np.concatenate(v) if v else np.zeros((0, 1), np.float32))
-            for k, v in outputs.items()}
+    if not outputs['pool']:
+      num_classes = self.variables['params']['fc']['bias'].shape[0]
+      return {
+        'pool': np.zeros((0, NUM_POOL_FEATURES), np.float32),
+        'logits': np.zeros((0, num_classes), np.float32),
+      }
+    return {k: np.concatenate(v) for k, v in outputs.items()}

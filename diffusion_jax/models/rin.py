@@ -17,6 +17,27 @@ from diffusion_jax.models import layers
 from diffusion_jax.models.config import ModelConfig
 
 
+def patchify(x: jax.Array, patch_size: int) -> jax.Array:
+  """Cuts images into non-overlapping patches: [B, H, W, C] -> [B, (H/p)(W/p), p*p*C].
+
+  Patches are in row-major order; each patch vector is ordered (dy, dx, c), the order in
+  which a Conv kernel of shape [p, p, C, D] flattens.
+  """
+  b, h, w, c = x.shape
+  p = patch_size
+  x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(tokens: jax.Array, patch_size: int, channels: int) -> jax.Array:
+  """Depth-to-space, the inverse of `patchify`: [B, N, p*p*C] -> [B, H, W, C] (square)."""
+  b, n, _ = tokens.shape
+  p = patch_size
+  grid = int(round(n**0.5))
+  x = tokens.reshape(b, grid, grid, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, grid * p, grid * p, channels)
+
+
 class TransformerLayer(nn.Module):
   """Pre-LN self-attention + MLP layer on the latents, with dropout and drop-path."""
 
@@ -159,8 +180,5 @@ class RIN(nn.Module):
     # Readout: LN -> Dense(p * p * C_out) -> depth-to-space.
     out = layers.layer_norm('out_ln', **kw)(tape)
     out = nn.Dense(p * p * cfg.out_channels, name='out_proj', **kw)(out)  # [B, N, p*p*C]
-    out = out.reshape(batch, grid, grid, p, p, cfg.out_channels)
-    out = out.transpose(0, 1, 3, 2, 4, 5).reshape(
-      batch, cfg.image_size, cfg.image_size, cfg.out_channels
-    )
+    out = unpatchify(out, p, cfg.out_channels)  # [B, H, W, C_out]
     return out.astype(jnp.float32), z.astype(jnp.float32)

@@ -27,7 +27,9 @@ FIXED_VARIANCES = ('small', 'large')
 NUM_BINS = 256
 
 
-def normal_kl(mean1: ArrayLike, logvar1: ArrayLike, mean2: ArrayLike, logvar2: ArrayLike) -> jax.Array:
+def normal_kl(
+  mean1: ArrayLike, logvar1: ArrayLike, mean2: ArrayLike, logvar2: ArrayLike
+) -> jax.Array:
   """Elementwise KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) in nats.
 
   Source: Nichol & Dhariwal 2021 (Improved DDPM) code, `normal_kl`; standard closed form.
@@ -200,7 +202,9 @@ def p_mean_variance(
   if clip_denoised:
     x0_hat = parameterization.clip_x0(x0_hat, 1.0)
   mean, _ = q_posterior(x0_hat, x_t, index, tables)
-  logvar = jnp.broadcast_to(model_log_variance(v, index, tables, x_t.ndim, fixed_variance), x_t.shape)
+  logvar = jnp.broadcast_to(
+    model_log_variance(v, index, tables, x_t.ndim, fixed_variance), x_t.shape
+  )
   return mean, logvar, x0_hat
 
 
@@ -218,9 +222,7 @@ def vlb_terms(
   """
   true_mean, true_logvar = q_posterior(x0, x_t, index, tables)
   kl = mean_over_dims(normal_kl(true_mean, true_logvar, model_mean, model_logvar))
-  nll = -mean_over_dims(
-    discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
-  )
+  nll = -mean_over_dims(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar))
   return jnp.where(index == 0, nll, kl) / math.log(2.0)
 
 
@@ -286,12 +288,24 @@ def nll_bits_per_dim(
     x_t = q_sample(x0, index, eps, tables)
     noise_level = Tables.gather(tables.timesteps, index, 1)
     output, _, _ = self_conditioning.apply_with_self_cond(
-      apply_fn, params, x_t, noise_level, label=label, rate=1.0 if self_cond else 0.0,
-      rng=jax.random.fold_in(jax.random.fold_in(rng, i), 1), train=False,
+      apply_fn,
+      params,
+      x_t,
+      noise_level,
+      label=label,
+      rate=1.0 if self_cond else 0.0,
+      rng=jax.random.fold_in(jax.random.fold_in(rng, i), 1),
+      train=False,
     )
     mean, logvar, _ = p_mean_variance(
-      output, x_t, index, tables, prediction=prediction, learn_variance=learn_variance,
-      fixed_variance=fixed_variance, clip_denoised=clip_denoised,
+      output,
+      x_t,
+      index,
+      tables,
+      prediction=prediction,
+      learn_variance=learn_variance,
+      fixed_variance=fixed_variance,
+      clip_denoised=clip_denoised,
     )
     return carry, vlb_terms(x0, x_t, index, mean, logvar, tables)
 

@@ -62,7 +62,9 @@ def check_sigmas(sigmas: Any, name: str = 'sigmas', *, allow_final_zero: bool = 
 def check_steps(steps: Any, name: str = 'steps') -> int:
   """Returns `steps` as an int, raising ValueError unless it is an integer >= 1."""
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-    raise ValueError(f'{name} must be a Python int >= 1 (the number of sampling steps); got {steps!r}.')
+    raise ValueError(
+      f'{name} must be a Python int >= 1 (the number of sampling steps); got {steps!r}.'
+    )
   if steps < 1:
     raise ValueError(f'{name} must be >= 1 (the number of sampling steps); got {steps}.')
   return int(steps)

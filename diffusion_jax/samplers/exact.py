@@ -105,6 +105,30 @@ class GaussianMixture:
     x = mu[comp] + std[comp] * noise
     return x.reshape(num, *self.event_shape), comp
 
+  def summary(self, x: jax.typing.ArrayLike) -> dict[str, np.ndarray]:
+    """Per-component statistics of samples x [N, *E], assigned to their likeliest component.
+
+    Returns float64 numpy arrays: 'weights' [K] (fractions), 'counts' [K],
+    'means' [K, D] and 'variances' [K, D] (NaN for an empty component).
+    """
+    x = np.asarray(x, np.float64).reshape(np.shape(x)[0], -1)  # [N, D]
+    xe = jnp.asarray(x.reshape(-1, *self.event_shape), jnp.float32)
+    comp = np.asarray(jnp.argmax(self.log_responsibilities(xe), -1))
+    k = self.weights.size
+    counts = np.bincount(comp, minlength=k).astype(np.float64)
+    means = np.full((k, x.shape[1]), np.nan)
+    variances = np.full((k, x.shape[1]), np.nan)
+    for j in range(k):
+      xj = x[comp == j]
+      if xj.shape[0] > 1:
+        means[j], variances[j] = xj.mean(0), xj.var(0, ddof=1)
+    return {
+      'weights': counts / x.shape[0],
+      'counts': counts,
+      'means': means,
+      'variances': variances,
+    }
+
 
 def gaussian_mixture_denoiser(weights, means, stds) -> Denoiser:
   """Exact denoiser of a Gaussian mixture, `D(x, sigma) -> x0_hat`.

@@ -1,0 +1,217 @@
+"""The Objective interface shared by every training objective.
+
+An objective owns the forward process, the loss and the bridge from its model to the
+EDM-form denoiser that every sampler drives. It is a frozen dataclass over a validated
+`DiffusionConfig`, so it is hashable and may be closed over by a jitted step.
+
+Losses are pure: `loss(apply_fn, params, batch, rng, state, train)` with the model
+contract `apply(params, x, noise_level, label=None, self_cond=None, augment=None,
+train=False, rng=None) -> (prediction, carry)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.objectives import self_conditioning
+from diffusion_jax.objectives.config import DiffusionConfig
+from diffusion_jax.samplers.guidance import classifier_free_guidance
+
+Batch = dict[str, jax.Array]
+LossOutput = tuple[jax.Array, dict[str, jax.Array], Any]
+
+
+def mean_over_dims(x: jax.Array) -> jax.Array:
+  """Mean over every axis but the first: [B, ...] -> [B]."""
+  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def per_example(level: jax.Array, x: jax.Array) -> jax.Array:
+  """Reshapes a per-example level [B] to [B, 1, ..., 1] to broadcast against x."""
+  return level.reshape(level.shape + (1,) * (x.ndim - level.ndim))
+
+
+def _clip_out(out: Any) -> Any:
+  """Clips the x0 estimate of a denoiser output (`x0` or `(x0, v)`) to [-1, 1]."""
+  if isinstance(out, tuple):
+    return (jnp.clip(out[0], -1.0, 1.0), *out[1:])
+  return jnp.clip(out, -1.0, 1.0)
+
+
+def _clip_first(out_state: tuple[Any, Any]) -> tuple[Any, Any]:
+  out, state = out_state
+  return _clip_out(out), state
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """Base class: label dropout, self-conditioning and the guided, stateful denoiser.
+
+  Subclasses implement `loss`, `_denoise` and `sample`.
+  """
+
+  config: DiffusionConfig
+
+  def init_state(self) -> dict:
+    """The objective's training state (iDDPM's loss history); `{}` when stateless."""
+    return {}
+
+  def loss(
+    self,
+    apply_fn: Callable,
+    params: Any,
+    batch: Batch,
+    rng: jax.Array,
+    state: Any,
+    train: bool = True,
+  ) -> LossOutput:
+    """(scalar loss, metrics with 'loss_per_example' [B] and 'noise_t' [B], new state)."""
+    raise NotImplementedError
+
+  def call_model(
+    self,
+    apply_fn: Callable,
+    params: Any,
+    x_in: jax.Array,
+    noise_level: jax.Array,
+    batch: Batch,
+    rng: jax.Array,
+    train: bool,
+  ) -> jax.Array:
+    """Runs the model for a loss, with label dropout (training only) and self-conditioning.
+
+    Source: Ho & Salimans 2021 (label dropout); Chen et al. 2022, Analog Bits
+    (self-conditioning).
+    """
+    rng_drop, rng_model = jax.random.split(rng)
+    label = batch.get('label')
+    if train:
+      label = self_conditioning.drop_labels(label, rng_drop, self.config.label_drop_prob)
+    pred, _, _ = self_conditioning.apply_with_self_cond(
+      apply_fn,
+      params,
+      x_in,
+      noise_level,
+      label=label,
+      augment=batch.get('augment'),
+      rate=self.config.self_cond_rate,
+      rng=rng_model,
+      train=train,
+    )
+    return pred
+
+  def _denoise(
+    self,
+    apply_fn: Callable,
+    params: Any,
+    x: jax.Array,
+    sigma: jax.Array,
+    label: jax.Array | None,
+    self_cond: Any,
+    return_variance: bool,
+  ) -> tuple[Any, Any]:
+    """One model call in EDM form: data-space x [B, ...], sigma [B] -> (x0_hat, carry).
+
+    x0_hat is unclipped; with `return_variance` the output is (x0_hat, v).
+    """
+    raise NotImplementedError
+
+  def denoiser(
+    self,
+    apply_fn: Callable,
+    params: Any,
+    label: jax.Array | None = None,
+    guidance: float = 0.0,
+    *,
+    x_shape: tuple[int, ...] | None = None,
+    clip_x0: bool = True,
+    return_variance: bool = False,
+  ) -> tuple[Callable, Any]:
+    """The EDM-form denoiser of this model: (denoise_fn, init_state).
+
+    Without self-conditioning, `denoise_fn(x, sigma) -> x0_hat` and init_state is
+    None; with it, `denoise_fn(x, sigma, state) -> (x0_hat, new_state)` where the
+    state is the model's carry (RIN latents), zeros at the first step. x is data
+    space, x = x0 + sigma n; sigma is a scalar or [B].
+
+    Guidance convention (Ho & Salimans 2021, Eq. 6, as in Chen 2023 / RIN):
+    eps_guided = (1 + w) eps_cond - w eps_uncond. As x0 is affine in eps at fixed
+    (x, sigma) this equals x0_guided = (1 + w) x0_cond - w x0_uncond, which is what is
+    computed; clipping to the data range comes after the combination. w = 0 runs one
+    conditional pass. The conditional and unconditional branches keep separate
+    carries. With a learned variance, v comes from the conditional branch.
+
+    Args:
+      apply_fn: the model's apply function.
+      params: model parameters (e.g. the EMA copy).
+      label: int32 [B] labels (-1 = null) or None for an unconditional model.
+      guidance: classifier-free guidance weight w >= 0.
+      x_shape: the image batch shape [B, H, W, C]; needed with self-conditioning to
+        build the zero carry.
+      clip_x0: clip the x0 estimate to the data range [-1, 1].
+      return_variance: (iddpm with learned variance) return (x0_hat, v) with v in
+        [-1, 1] for `ddpm_sample(..., variance='learned')`.
+
+    Raises:
+      ValueError: guidance without labels, or self-conditioning without x_shape.
+    """
+    if return_variance and not self.config.learn_variance:
+      raise ValueError(
+        'return_variance=True needs a learned-variance model (objective iddpm with '
+        'config.model.learn_variance=True).'
+      )
+    if label is None and not (isinstance(guidance, (int, float)) and guidance == 0):
+      raise ValueError(
+        f'guidance={guidance!r} needs labels: pass label (int32 [B], -1 = null) or guidance=0.'
+      )
+    stateful = self.config.self_cond_rate > 0
+
+    def call(x, sigma, lab, state):
+      sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])  # [B]
+      return self._denoise(apply_fn, params, x, sigma, lab, state, return_variance)
+
+    init_state = None
+    if stateful:
+      if x_shape is None:
+        raise ValueError(
+          'x_shape is required when the model is self-conditioned '
+          '(config.diffusion.self_cond_rate > 0): pass the image batch shape [B, H, W, C].'
+        )
+      carry_shape = jax.eval_shape(
+        lambda x: call(x, jnp.ones(()), label, None)[1], jax.ShapeDtypeStruct(x_shape, jnp.float32)
+      )
+      init_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
+
+    if label is None:
+      if stateful:
+        fn, init_state = (lambda x, sigma, state: call(x, sigma, None, state)), init_state
+      else:
+        fn = lambda x, sigma: call(x, sigma, None, None)[0]
+    else:
+      if stateful:
+        base = lambda x, sigma, lab, state: call(x, sigma, lab, state)
+      else:
+        base = lambda x, sigma, lab: call(x, sigma, lab, None)[0]
+      fn, init_state = classifier_free_guidance(base, label, guidance, init_state=init_state)
+    if not clip_x0:
+      return fn, init_state
+    if stateful:
+      return (lambda x, sigma, state: _clip_first(fn(x, sigma, state))), init_state
+    return (lambda x, sigma: _clip_out(fn(x, sigma))), None
+
+  def sample(
+    self,
+    apply_fn: Callable,
+    params: Any,
+    noise: jax.Array,
+    label: jax.Array | None,
+    rng: jax.Array,
+    sample_cfg: Any,
+  ) -> jax.Array:
+    """Images [B, H, W, C] in [-1, 1] from unit Gaussian noise with the family's sampler."""
+    raise NotImplementedError

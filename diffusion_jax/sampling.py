@@ -1,0 +1,269 @@
+"""Sampling from trained EMA parameters: grids during training and --mode=sample.
+
+The network is sampled inside one jitted function per batch shape (the sampler's
+loop is a lax.scan/fori_loop inside it), the batch split over every device.
+Images are written as a PNG grid (row i = class i for class-conditional data)
+and as an .npz with the float images, uint8 images and labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffusion_jax import checkpointing, config_validation
+from diffusion_jax import sharding as sharding_lib
+
+SampleFn = Callable[[np.ndarray, jax.Array], np.ndarray]
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8 in [0, 255] (clipped, rounded)."""
+  images = np.asarray(images, np.float32)
+  return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
+  """Tiles [N, H, W, C] images (uint8) row-major into one [H', W', C] image.
+
+  Image i goes to row i // ncols, column i % ncols; cells are separated by
+  `pad` pixels of 0 (black) and missing cells stay black.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f'images must be [N, H, W, C]; got shape {images.shape}.')
+  if ncols < 1:
+    raise ValueError(f'ncols={ncols} must be >= 1.')
+  n, h, w, c = images.shape
+  nrows = math.ceil(n / ncols)
+  out = np.zeros((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), images.dtype)
+  for i in range(n):
+    r, q = divmod(i, ncols)
+    y, x = pad + r * (h + pad), pad + q * (w + pad)
+    out[y : y + h, x : x + w] = images[i]
+  return out
+
+
+def write_png(path: str, grid: np.ndarray, upscale: int = 1) -> str:
+  """Writes a uint8 [H, W, C] grid (C = 1 or 3) as PNG, nearest-upscaled."""
+  from PIL import Image
+
+  grid = np.asarray(grid, np.uint8)
+  if upscale > 1:
+    grid = grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
+  if grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(grid).save(path)
+  return path
+
+
+def grid_labels(num_classes: int, num_images: int) -> tuple[np.ndarray, int]:
+  """Labels of a sample grid and its number of columns.
+
+  Class-conditional: `num_classes` rows, row i all of class i, with
+  max(1, num_images // num_classes) columns. Unconditional: labels -1 in a
+  near-square grid.
+
+  Returns:
+    (labels [N] int32, ncols).
+  """
+  if num_classes > 0:
+    ncols = max(1, num_images // num_classes)
+    return np.repeat(np.arange(num_classes, dtype=np.int32), ncols), ncols
+  ncols = max(1, math.isqrt(num_images))
+  return np.full((num_images,), -1, np.int32), ncols
+
+
+def make_batch_sampler(config: Any, model: Any, objective: Any) -> Callable:
+  """(params, noise, labels, rng) -> images in [-1, 1] with config.sample's sampler.
+
+  The objective maps the network to the sampler named by config.sample.sampler
+  (through its EDM-form denoiser), so any registered sampler drives any model.
+  """
+  sample_cfg = config.sample
+
+  def sample_batch(params, noise, labels, rng):
+    images = objective.sample(model.apply, params, noise, labels, rng, sample_cfg)
+    return jnp.clip(images, -1.0, 1.0)
+
+  return sample_batch
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_sampler(config: ml_collections.FrozenConfigDict, sharding: Any) -> Callable:
+  model, objective = config_validation.build_model_and_objective(config)
+  return jax.jit(make_batch_sampler(config, model, objective), out_shardings=sharding)
+
+
+def jitted_batch_sampler(config: Any, sharding: jax.sharding.Sharding) -> Callable:
+  """The jitted `make_batch_sampler` of `config`, cached per (config, output sharding)."""
+  key = ml_collections.FrozenConfigDict(
+    {k: config[k] for k in ('data', 'model', 'diffusion', 'sample')}
+  )
+  return _jitted_sampler(key, sharding)
+
+
+@dataclasses.dataclass
+class GridSampler:
+  """Fixed noise and labels, sampled from the EMA parameters every few steps."""
+
+  sample_fn: Callable
+  noise: jax.Array  # [N, H, W, C]
+  labels: jax.Array  # [N]
+  rng: jax.Array
+  ncols: int
+  num_images: int
+
+  @classmethod
+  def create(cls, config: Any, mesh: jax.sharding.Mesh) -> GridSampler:
+    """Draws the fixed noise/labels and jits the sampler over `mesh`."""
+    num_classes = int(config.data.num_classes)
+    if not config.model.get('class_conditional', True):
+      num_classes = 0
+    labels, ncols = grid_labels(num_classes, int(config.training.num_sample_images))
+    n = len(labels)
+    padded = math.ceil(n / mesh.size) * mesh.size  # split evenly over the devices
+    size, channels = int(config.data.image_size), int(config.data.num_channels)
+    noise_rng, rng = jax.random.split(jax.random.PRNGKey(int(config.seed) + 1))
+    noise = jax.random.normal(noise_rng, (padded, size, size, channels), jnp.float32)
+    batch = sharding_lib.batch_sharding(mesh)
+    noise = jax.device_put(noise, batch)
+    labels = jax.device_put(jnp.asarray(np.pad(labels, (0, padded - n))), batch)
+    fn = jitted_batch_sampler(config, batch)
+    return cls(sample_fn=fn, noise=noise, labels=labels, rng=rng, ncols=ncols, num_images=n)
+
+  def __call__(self, params: Any) -> np.ndarray:
+    """Samples the grid's images [N, H, W, C] (uint8) from `params`."""
+    images = self.sample_fn(params, self.noise, self.labels, self.rng)
+    return to_uint8(jax.device_get(images))[: self.num_images]
+
+  def write(self, writer: Any, workdir: str, step: int, params: Any) -> str | None:
+    """Samples and writes workdir/samples/step_XXXXXX.png (host 0) and a summary image."""
+    images = self(params)
+    grid = make_grid(images, self.ncols)
+    path = None
+    if jax.process_index() == 0:
+      path = write_png(os.path.join(workdir, 'samples', f'step_{step:06d}.png'), grid, upscale=2)
+      logging.info('Wrote the sample grid of step %d to %s.', step, path)
+    writer.write_images(step, {'samples': grid[None]})
+    return path
+
+
+def abstract_params(model: Any, config: Any, mesh: jax.sharding.Mesh) -> Any:
+  """ShapeDtypeStructs (replicated over `mesh`) of the network's parameters."""
+  size, channels = int(config.data.image_size), int(config.data.num_channels)
+  x = jnp.zeros((1, size, size, channels), jnp.float32)
+  t = jnp.zeros((1,), jnp.float32)
+  label = jnp.zeros((1,), jnp.int32) if int(config.data.num_classes) > 0 else None
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, label)
+  return jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(
+      s.shape, s.dtype, sharding=sharding_lib.leaf_sharding(mesh, s.shape)
+    ),
+    shapes,
+  )
+
+
+def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[SampleFn, int]:
+  """A host-level sampler `sample_fn(labels [N], rng) -> uint8 [N, H, W, C]` of the run.
+
+  Restores only the EMA parameters of the latest (or given) checkpoint.
+  Batches of config.sample.batch_size run through one jitted function; the last
+  batch is padded to that size.
+
+  Returns:
+    (sample_fn, checkpoint step).
+  """
+  config_validation.validate_sampler(config)
+  model, _ = config_validation.build_model_and_objective(config)
+  mesh = sharding_lib.create_mesh(int(config.training.get('mesh_fsdp', 1)))
+  step = checkpointing.latest_step(workdir) if step is None else step
+  if step is None:
+    raise FileNotFoundError(
+      f'No checkpoint in {checkpointing.checkpoint_dir(workdir)}; train first with '
+      f'`python main.py --config=... --workdir={workdir}`.'
+    )
+  params = checkpointing.restore_ema_params(workdir, abstract_params(model, config, mesh), step)
+  bs = int(config.sample.batch_size)
+  if bs < 1:
+    raise ValueError(f'config.sample.batch_size={bs} must be >= 1.')
+  bs = math.ceil(bs / mesh.size) * mesh.size
+  batch = sharding_lib.batch_sharding(mesh)
+  fn = jitted_batch_sampler(config, batch)
+  size, channels = int(config.data.image_size), int(config.data.num_channels)
+
+  def sample_fn(labels: np.ndarray, rng: jax.Array) -> np.ndarray:
+    labels = np.asarray(labels, np.int32).reshape(-1)
+    out = []
+    for i, start in enumerate(range(0, len(labels), bs)):
+      chunk = labels[start : start + bs]
+      padded = np.pad(chunk, (0, bs - len(chunk)))
+      noise_rng, sample_rng = jax.random.split(jax.random.fold_in(rng, i))
+      noise = jax.random.normal(noise_rng, (bs, size, size, channels), jnp.float32)
+      images = fn(
+        params,
+        jax.device_put(noise, batch),
+        jax.device_put(jnp.asarray(padded), batch),
+        sample_rng,
+      )
+      out.append(to_uint8(jax.device_get(images))[: len(chunk)])
+    return np.concatenate(out, axis=0)
+
+  return sample_fn, step
+
+
+def sample_and_save(
+  config: Any, workdir: str, *, num_samples: int | None = None, out_dir: str | None = None
+) -> tuple[str, str]:
+  """--mode=sample: N samples from the latest checkpoint's EMA params -> PNG grid + .npz.
+
+  Labels cycle through the classes in blocks (row i of the grid = class i).
+
+  Returns:
+    (png path, npz path) under out_dir (default workdir/samples).
+  """
+  n = int(config.sample.num_samples if num_samples is None else num_samples)
+  if n < 1:
+    raise ValueError(f'config.sample.num_samples={n} must be >= 1.')
+  sample_fn, step = load_sampler(config, workdir)
+  num_classes = int(config.data.num_classes)
+  if not config.model.get('class_conditional', True):
+    num_classes = 0
+  labels, ncols = grid_labels(num_classes, n)
+  if len(labels) < n:  # n not a multiple of the classes: fill the last row.
+    extra = np.arange(n - len(labels), dtype=np.int32) % max(num_classes, 1)
+    labels = np.concatenate([labels, extra if num_classes else -np.ones_like(extra)])
+  images = sample_fn(labels, jax.random.PRNGKey(int(config.seed) + 2))
+  out_dir = out_dir or os.path.join(workdir, 'samples')
+  name = f'{config.sample.sampler}_step_{step:06d}'
+  png = os.path.join(out_dir, name + '.png')
+  npz = os.path.join(out_dir, name + '.npz')
+  if jax.process_index() == 0:
+    write_png(png, make_grid(images, ncols), upscale=2)
+    np.savez_compressed(npz, images=images, labels=labels, step=step)
+    logging.info('Wrote %d samples to %s and %s.', n, png, npz)
+  return png, npz
+
+
+__all__ = [
+  'GridSampler',
+  'abstract_params',
+  'grid_labels',
+  'load_sampler',
+  'make_batch_sampler',
+  'make_grid',
+  'sample_and_save',
+  'to_uint8',
+  'write_png',
+]

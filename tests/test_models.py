@@ -1,0 +1,446 @@
+"""Tests for diffusion_jax/models: RIN and U-Net behind one interface.
+
+Compiles are the cost here, so each tiny network is jitted a handful of times with
+XLA's cheap optimisation level and reused across tests; full-size configs are only
+traced (jax.eval_shape), never run.
+"""
+
+import functools
+import importlib
+import math
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from diffusion_jax.models import ModelConfig, count_params, create_model, layers
+from diffusion_jax.models import rin as rin_lib
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
+
+CONFIGS = (
+  'imagenet64',
+  'imagenet128',
+  'imagenet256',
+  'imagenet512',
+  'imagenet1024',
+  'cifar10_ddpm',
+  'cifar10_iddpm',
+  'cifar10_ncsnv2',
+  'cifar10_edm',
+  'cifar10_rin',
+)
+FAST = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
+
+def load_config(name):
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+def shrink(config, **overrides):
+  """Keeps a config's structure and options but makes every width tiny."""
+  m = config.model
+  m.tape_dim, m.latent_dim = 16, 16
+  m.read_write_heads, m.latent_heads = 2, 2
+  m.num_latents = 8
+  m.num_blocks, m.num_compute_layers = 2, 1
+  m.base_channels, m.num_res_blocks, m.num_heads = 8, 1, 2
+  m.channel_mults = tuple(m.channel_mults)[:2]
+  reachable = [config.data.image_size // 2**i for i in range(len(m.channel_mults))]
+  m.attention_resolutions = tuple(r for r in m.attention_resolutions if r in reachable)
+  for key, value in overrides.items():
+    setattr(m, key, value)
+  return config
+
+
+def fast_jit(fn, *args):
+  return jax.jit(fn).lower(*args).compile(FAST)
+
+
+def random_params(shapes, seed=0):
+  """Random parameters shaped like `shapes` (no init compile); nothing zero-initialised."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = str(path[-1])
+    if len(leaf.shape) >= 2:
+      value = rng.normal(size=leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))
+    elif 'scale' in name:
+      value = 1.0 + 0.1 * rng.normal(size=leaf.shape)
+    else:
+      value = 0.1 * rng.normal(size=leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def replace_param(params, suffix, fn):
+  """Applies fn to every parameter whose flattened path ends with `suffix`."""
+  flat = traverse_util.flatten_dict(params)
+  hits = [k for k in flat if k[-len(suffix) :] == suffix]
+  assert hits, suffix
+  for k in hits:
+    flat[k] = fn(flat[k])
+  return traverse_util.unflatten_dict(flat)
+
+
+def inputs(cfg, batch=2, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(batch, cfg.image_size, cfg.image_size, cfg.num_channels)),
+                  jnp.float32)
+  t = jnp.asarray(rng.uniform(0, 1000, size=batch), jnp.float32)
+  y = jnp.asarray([3, -1][:batch], jnp.int32)
+  return x, t, y
+
+
+def rel_err(a, b):
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny RIN (ImageNet-64 layout: patch 8, class-conditional) with dropout and drop-path.
+
+
+@functools.cache
+def tiny_rin():
+  config = shrink(load_config('imagenet64'), dropout=0.2, drop_path=0.2)
+  cfg = ModelConfig.from_config(config.model, config.data)
+  model = create_model(cfg)
+  x, t, y = inputs(cfg)
+  key = jax.random.key(0, impl='rbg')
+  params = fast_jit(model.init, key, x, t, y)(key, x, t, y)
+  return cfg, model, params
+
+
+@functools.cache
+def rin_eval_fn(dtype='float32'):
+  cfg, _, params = tiny_rin()
+  model = create_model(ModelConfig(**{**cfg.__dict__, 'dtype': dtype}))
+  x, t, y = inputs(cfg)
+  sc = jnp.zeros(model.carry_shape(2))
+  fn = lambda p, x, t, y, sc: model.apply(p, x, t, y, self_cond=sc)
+  return fast_jit(fn, params, x, t, y, sc)
+
+
+def test_rin_output_shapes_and_carry():
+  cfg, model, params = tiny_rin()
+  x, t, y = inputs(cfg)
+  out, carry = rin_eval_fn()(params, x, t, y, jnp.zeros(model.carry_shape(2)))
+  assert out.shape == (2, 64, 64, 3) and out.dtype == jnp.float32
+  assert carry.shape == (2, cfg.num_latents, cfg.latent_dim)
+  assert np.all(np.isfinite(out)) and np.all(np.isfinite(carry))
+  assert float(jnp.std(out)) > 0.1  # a real, non-degenerate output
+
+
+def test_rin_latent_self_conditioning_is_a_noop_at_init():
+  cfg, model, params = tiny_rin()
+  x, t, y = inputs(cfg)
+  f = rin_eval_fn()
+  sc = jax.random.normal(jax.random.key(1), model.carry_shape(2))
+  out0, _ = f(params, x, t, y, jnp.zeros_like(sc))
+  out1, _ = f(params, x, t, y, sc)
+  np.testing.assert_array_equal(out0, out1)
+  # Once the zero-initialised LayerNorm scale moves, the carry matters.
+  moved = replace_param(params, ('self_cond_ln_out', 'scale'), jnp.ones_like)
+  out2, _ = f(moved, x, t, y, sc)
+  assert rel_err(out2, out0) > 1e-3
+
+
+def test_rin_self_conditioning_passes_no_gradient_to_the_first_pass():
+  cfg, model, params = tiny_rin()
+  x, t, y = inputs(cfg)
+  params = replace_param(params, ('self_cond_ln_out', 'scale'), jnp.ones_like)
+  remat_model = create_model(ModelConfig(**{**cfg.__dict__, 'remat': True}))
+
+  def two_pass(p, m, stop):
+    _, carry = m.apply(p, x, t, y)
+    carry = jax.lax.stop_gradient(carry) if stop else carry
+    out, _ = m.apply(p, x, t, y, self_cond=carry)
+    return jnp.sum(out**2)
+
+  def grads(p):
+    return (
+      jax.grad(two_pass)(p, model, False),
+      jax.grad(two_pass)(p, model, True),
+      jax.grad(two_pass)(p, remat_model, False),
+    )
+
+  g_free, g_stopped, g_remat = fast_jit(grads, params)(params)
+  leaves = lambda g: np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)])
+  np.testing.assert_allclose(leaves(g_free), leaves(g_stopped), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(leaves(g_remat), leaves(g_free), rtol=1e-4, atol=1e-6)
+  assert np.abs(leaves(g_free)).max() > 0
+
+
+def test_rin_null_label_is_a_zero_one_hot():
+  cfg, model, params = tiny_rin()
+  x, t, _ = inputs(cfg)
+  f = rin_eval_fn()
+  sc = jnp.zeros(model.carry_shape(2))
+  null = jnp.array([-1, -1], jnp.int32)
+  real = jnp.array([3, 3], jnp.int32)
+  no_class = replace_param(params, ('class_proj', 'kernel'), jnp.zeros_like)
+  out_null, _ = f(params, x, t, null, sc)
+  out_zero_onehot, _ = f(no_class, x, t, real, sc)
+  out_real, _ = f(params, x, t, real, sc)
+  np.testing.assert_allclose(out_null, out_zero_onehot, rtol=1e-5, atol=1e-5)
+  assert rel_err(out_real, out_null) > 1e-3
+
+
+def test_rin_bfloat16_forward_is_finite_and_close():
+  cfg, model, params = tiny_rin()
+  x, t, y = inputs(cfg)
+  sc = jnp.zeros(model.carry_shape(2))
+  out32, _ = rin_eval_fn()(params, x, t, y, sc)
+  out16, carry16 = rin_eval_fn('bfloat16')(params, x, t, y, sc)
+  assert out16.dtype == jnp.float32 and carry16.dtype == jnp.float32
+  assert np.all(np.isfinite(out16))
+  assert rel_err(out16, out32) < 0.05
+
+
+def test_rin_train_mode_dropout():
+  cfg, model, params = tiny_rin()
+  x, t, y = inputs(cfg)
+  sc = jnp.zeros(model.carry_shape(2))
+  fn = lambda p, r: model.apply(p, x, t, y, self_cond=sc, train=True, rng=r)[0]
+  train = fast_jit(fn, params, jax.random.key(0))
+  a, b, c = (train(params, jax.random.key(s)) for s in (0, 1, 0))
+  np.testing.assert_array_equal(a, c)  # same rng, same output
+  assert rel_err(a, b) > 1e-3  # dropout / drop-path active
+  e1, _ = rin_eval_fn()(params, x, t, y, sc)
+  e2, _ = rin_eval_fn()(params, x, t, y, sc)
+  np.testing.assert_array_equal(e1, e2)
+  assert rel_err(a, e1) > 1e-3
+
+
+def test_patchify_matches_the_stem_convolution_and_inverts():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(4, 4, 3, 5)), jnp.float32)
+  conv = jax.lax.conv_general_dilated(
+    x, kernel, (4, 4), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  ).reshape(2, 4, 5)
+  patches = rin_lib.patchify(x, 4)  # [2, 4, 48]
+  np.testing.assert_allclose(patches @ kernel.reshape(48, 5), conv, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(rin_lib.unpatchify(patches, 4, 3), x)
+
+
+def test_sinusoidal_embedding_matches_float64_reference():
+  t = np.array([0.0, 1.0, 37.5, 999.0])
+  dim = 16
+  freqs = np.exp(-np.log(10_000.0) * np.arange(8) / 7.0)
+  expected = np.concatenate([np.sin(t[:, None] * freqs), np.cos(t[:, None] * freqs)], axis=1)
+  np.testing.assert_allclose(layers.sinusoidal_embedding(t, dim), expected, atol=2e-4)
+  with pytest.raises(ValueError, match='even'):
+    layers.sinusoidal_embedding(t, 7)
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny U-Net combining the papers' options: learned variance, scale-shift norm, residual
+# resampling, sqrt(1/2) skips, class + augmentation conditioning, self-conditioning.
+
+
+@functools.cache
+def tiny_unet():
+  config = shrink(
+    load_config('cifar10_edm'),
+    learn_variance=True,
+    scale_shift_norm=True,
+    self_cond=True,
+    channel_mults=(1, 2),
+    attention_resolutions=(16,),
+  )
+  cfg = ModelConfig.from_config(config.model, config.data)
+  model = create_model(cfg)
+  params = random_params(model.param_shapes())
+  return cfg, model, params
+
+
+def unet_inputs(cfg, model):
+  x, t, y = inputs(cfg)
+  sc = jax.random.normal(jax.random.key(2), model.carry_shape(2))
+  aug = jax.random.normal(jax.random.key(3), (2, cfg.augment_dim))
+  return x, t, y, sc, aug
+
+
+@functools.cache
+def unet_eval_fn(dtype='float32'):
+  cfg, _, params = tiny_unet()
+  model = create_model(ModelConfig(**{**cfg.__dict__, 'dtype': dtype}))
+  fn = lambda p, x, t, y, sc, aug: model.apply(p, x, t, y, self_cond=sc, augment=aug)
+  return fast_jit(fn, params, *unet_inputs(cfg, model))
+
+
+def test_unet_shapes_conditioning_and_null_label():
+  cfg, model, params = tiny_unet()
+  x, t, y, sc, aug = unet_inputs(cfg, model)
+  f = unet_eval_fn()
+  out, carry = f(params, x, t, y, sc, aug)
+  assert out.shape == (2, 32, 32, 6)  # mean + iDDPM's v channels
+  np.testing.assert_array_equal(out, carry)
+  assert np.all(np.isfinite(out)) and float(jnp.std(out)) > 1e-2
+  # Each conditioning input changes the output.
+  for args in ((x, t * 0.5, y, sc, aug), (x, t, y, sc * 0, aug), (x, t, y, sc, aug * 0)):
+    assert rel_err(f(params, *args)[0], out) > 1e-4
+  null = jnp.array([-1, -1], jnp.int32)
+  real = jnp.array([3, 3], jnp.int32)
+  no_class = replace_param(params, ('class_proj', 'kernel'), jnp.zeros_like)
+  np.testing.assert_allclose(
+    f(params, x, t, null, sc, aug)[0], f(no_class, x, t, real, sc, aug)[0], rtol=1e-5, atol=1e-5
+  )
+  assert rel_err(f(params, x, t, real, sc, aug)[0], f(params, x, t, null, sc, aug)[0]) > 1e-4
+
+
+def test_unet_bfloat16_and_dropout():
+  cfg, model, params = tiny_unet()
+  x, t, y, sc, aug = unet_inputs(cfg, model)
+  out32, _ = unet_eval_fn()(params, x, t, y, sc, aug)
+  out16, _ = unet_eval_fn('bfloat16')(params, x, t, y, sc, aug)
+  assert np.all(np.isfinite(out16)) and rel_err(out16, out32) < 0.05
+  fn = lambda p, r: model.apply(p, x, t, y, sc, aug, train=True, rng=r)[0]
+  train = fast_jit(fn, params, jax.random.key(0))
+  a, b, c = (train(params, jax.random.key(s)) for s in (0, 1, 0))
+  np.testing.assert_array_equal(a, c)
+  assert rel_err(a, b) > 1e-4 and rel_err(a, out32) > 1e-4
+
+
+def test_unet_init_zero_output_and_label_free_variant():
+  """A real init: DDPM/ADM zero-initialise the last conv, so the first output is zero."""
+  config = shrink(load_config('cifar10_ddpm'))
+  config.data.image_size = 8
+  config.model.attention_resolutions = (4,)
+  cfg = ModelConfig.from_config(config.model, config.data)
+  model = create_model(cfg)
+  x, t, _ = inputs(cfg)
+  params = model.init(jax.random.key(0, impl='rbg'), x, t)
+  out, _ = model.apply(params, x, t, label=jnp.array([1, 2]))  # labels ignored: unconditional
+  assert out.shape == (2, 8, 8, 3)
+  np.testing.assert_array_equal(out, 0.0)
+  assert 'class_proj' not in params['params']
+
+
+# ---------------------------------------------------------------------------------------
+# Every config at full size, traced only.
+
+
+@functools.cache
+def full_size_shapes(name):
+  config = load_config(name)
+  cfg = ModelConfig.from_config(config.model, config.data)
+  model = create_model(cfg)
+  params = model.param_shapes(batch_size=2)
+  x = jax.ShapeDtypeStruct((2, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
+  t = jax.ShapeDtypeStruct((2,), jnp.float32)
+  out, carry = jax.eval_shape(lambda p, x, t: model.apply(p, x, t, jnp.array([0, -1])), params, x, t)
+  return cfg, model, params, out, carry
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_every_config_output_shape(name):
+  cfg, model, _, out, carry = full_size_shapes(name)
+  channels = 3 * (2 if cfg.learn_variance else 1)
+  assert out.shape == (2, cfg.image_size, cfg.image_size, channels)
+  assert carry.shape == model.carry_shape(2)
+
+
+def expected_rin_params(cfg):
+  """Closed-form RIN parameter count (kernels + biases + norms), independent of Flax."""
+  dz, dt, p = cfg.latent_dim, cfg.tape_dim, cfg.patch_size
+  inner = min(dz, dt)
+  dense = lambda i, o: i * o + o
+  ln = lambda d: 2 * d
+  mlp = lambda d, r: dense(d, r * d) + dense(r * d, d)
+  total = dense(p * p * cfg.num_channels, dt) + ln(dt) + cfg.num_tokens * dt
+  total += dense(dz // 4, dz) + dense(dz, dz) + cfg.augment_dim * dz
+  total += dense(cfg.num_classes, dz) if cfg.num_classes else 0
+  total += (cfg.num_latents - cfg.num_cond_tokens) * dz
+  total += ln(dz) + mlp(dz, cfg.latent_mlp_ratio) + ln(dz)
+  read = ln(dz) + dense(dz, inner) + dense(dt, 2 * inner) + dense(inner, dz)
+  read += ln(dz) + mlp(dz, cfg.latent_mlp_ratio)
+  compute = ln(dz) + dense(dz, 3 * dz) + dense(dz, dz) + ln(dz) + mlp(dz, cfg.latent_mlp_ratio)
+  write = ln(dt) + ln(dz) + dense(dt, inner) + dense(dz, 2 * inner) + dense(inner, dt)
+  write += ln(dt) + mlp(dt, cfg.tape_mlp_ratio)
+  total += cfg.num_blocks * (read + cfg.num_compute_layers * compute + write)
+  total += ln(dt) + dense(dt, p * p * cfg.out_channels)
+  return total
+
+
+@pytest.mark.parametrize(
+  'name, low, high',
+  [
+    ('imagenet64', 100e6, 300e6),
+    ('cifar10_rin', 25e6, 40e6),  # RIN paper: about 31M for CIFAR-10
+    ('cifar10_ddpm', 35.6e6, 35.8e6),  # DDPM paper: 35.7M
+    ('cifar10_iddpm', 40e6, 60e6),
+    ('cifar10_ncsnv2', 25e6, 45e6),
+    ('cifar10_edm', 54e6, 58e6),  # EDM DDPM++ (conditional): about 56M
+  ],
+)
+def test_full_size_parameter_counts(name, low, high):
+  cfg, _, params, _, _ = full_size_shapes(name)
+  n = count_params(params)
+  print(f'{name}: {n / 1e6:.2f}M parameters')
+  assert low <= n <= high
+  if cfg.name == 'rin':
+    assert n == expected_rin_params(cfg)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation and interface errors.
+
+
+def test_bad_patch_size_names_the_keys_and_choices():
+  config = load_config('imagenet64')
+  config.model.patch_size = 6
+  with pytest.raises(ValueError, match=r'config\.model\.patch_size=6.*config\.data\.image_size=64'):
+    ModelConfig.from_config(config.model, config.data)
+  with pytest.raises(ValueError, match=r'\[1, 2, 4, 8, 16, 32, 64\]'):
+    ModelConfig.from_config(config.model, config.data)
+
+
+@pytest.mark.parametrize('num_latents', [2, 257])
+def test_latent_count_bounds(num_latents):
+  config = load_config('imagenet64')  # 64 tokens, 2 conditioning slots: valid 3..256
+  config.model.num_latents = num_latents
+  with pytest.raises(ValueError, match=r'config\.model\.num_latents'):
+    ModelConfig.from_config(config.model, config.data)
+
+
+@pytest.mark.parametrize(
+  'key, value, pattern',
+  [
+    ('name', 'vit', r'config\.model\.name'),
+    ('dtype', 'float64', r'config\.model\.dtype'),
+    ('dropout', 1.0, r'config\.model\.dropout'),
+    ('latent_heads', 5, r'config\.model\.latent_heads'),
+  ],
+)
+def test_bad_model_settings(key, value, pattern):
+  config = load_config('imagenet64')
+  setattr(config.model, key, value)
+  with pytest.raises(ValueError, match=pattern):
+    ModelConfig.from_config(config.model, config.data)
+
+
+def test_bad_unet_settings():
+  config = load_config('cifar10_ddpm')
+  config.model.attention_resolutions = (12,)
+  with pytest.raises(ValueError, match=r'attention_resolutions.*\[32, 16, 8, 4\]'):
+    ModelConfig.from_config(config.model, config.data)
+
+
+def test_apply_rejects_wrong_shapes_and_missing_rng():
+  cfg, model, params = tiny_rin()
+  x, t, y = inputs(cfg)
+  with pytest.raises(ValueError, match=r'x must have shape \[B, 64, 64, 3\]'):
+    model.apply(params, x[:, :32], t, y)
+  with pytest.raises(ValueError, match='noise_level'):
+    model.apply(params, x, t[:1], y)
+  with pytest.raises(ValueError, match='rng'):
+    model.apply(params, x, t, y, train=True)
+  with pytest.raises(ValueError, match='ModelConfig'):
+    create_model({'name': 'rin'})

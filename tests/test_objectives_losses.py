@@ -1,0 +1,415 @@
+"""Tests of the training objectives: noising, targets, EDM, NCSN, self-conditioning, bridges."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from diffusion_jax import parameterization
+from diffusion_jax.objectives import DiffusionConfig, create_objective, self_conditioning
+from diffusion_jax.objectives.chen import noise_input, prediction_target
+from diffusion_jax.objectives.edm import effective_target
+
+C = 0.2  # the one-point data set {C} whose exact denoiser is known
+
+
+def _cfg(**kw) -> DiffusionConfig:
+  base = dict(self_cond_rate=0.0, label_drop_prob=0.0)
+  base.update(kw)
+  return DiffusionConfig(**base)
+
+
+# ---------------------------------------------------------------------------
+# Forward process and targets.
+
+
+@pytest.mark.parametrize('scale', [1.0, 0.5])
+def test_chen_noising_moments_and_normalization(scale):
+  n = 40_000
+  gamma = jnp.array([0.9, 0.5, 0.05], jnp.float32)
+  x0 = jnp.broadcast_to(jnp.array([0.7, -0.3, 0.4]).reshape(3, 1, 1, 1), (3, n, 1, 1))
+  eps = jax.random.normal(jax.random.key(0), x0.shape)
+  x_t, x_in = noise_input(x0, eps, gamma, scale, 'none')
+  x_t = np.asarray(x_t, np.float64).reshape(3, n)
+  g = np.asarray(gamma, np.float64)
+  mean_ref = np.sqrt(g) * scale * np.array([0.7, -0.3, 0.4])
+  assert np.all(np.abs(x_t.mean(1) - mean_ref) < 5 * np.sqrt((1 - g) / n))
+  np.testing.assert_allclose(x_t.var(1), 1 - g, rtol=5 * math.sqrt(2 / n))
+  # Unit-variance data: the analytic normalization gives unit variance.
+  data = jax.random.normal(jax.random.key(1), x0.shape)
+  _, x_in = noise_input(data, eps, gamma, scale, 'analytic')
+  var = np.asarray(x_in, np.float64).reshape(3, n).var(1)
+  np.testing.assert_allclose(var, 1.0, rtol=6 * math.sqrt(2 / n))
+  # Per-example normalization: every example has unit standard deviation exactly.
+  _, x_in = noise_input(x0[:, :64], eps[:, :64], gamma, scale, 'per_example')
+  np.testing.assert_allclose(np.asarray(x_in).reshape(3, -1).std(1), 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize('kind', ['eps', 'x0', 'v'])
+def test_prediction_targets_round_trip(kind):
+  k1, k2 = jax.random.split(jax.random.key(2))
+  x0 = 0.8 * jax.random.normal(k1, (4, 3, 3, 2))
+  eps = jax.random.normal(k2, x0.shape)
+  gamma = jnp.array([0.99, 0.6, 0.2, 0.01])
+  g = gamma.reshape(4, 1, 1, 1)
+  x_t = jnp.sqrt(g) * x0 + jnp.sqrt(1 - g) * eps
+  target = prediction_target(kind, x0, eps, gamma)
+  x0_hat, eps_hat = parameterization.predict_x0_eps(target, x_t, gamma, kind)
+  np.testing.assert_allclose(x0_hat, x0, atol=2e-4 if kind != 'eps' else 5e-3)
+  np.testing.assert_allclose(eps_hat, eps, atol=2e-4 if kind != 'x0' else 5e-3)
+  if kind == 'v':
+    np.testing.assert_allclose(target, jnp.sqrt(g) * eps - jnp.sqrt(1 - g) * x0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Exact models of the one-point data set {C}: every loss is zero and every
+# denoiser returns C, which checks the wiring of noise levels, inputs and targets.
+
+
+def _oracle(obj, v=None):
+  cfg = obj.config
+  if cfg.objective == 'chen':
+
+    def apply(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
+              rng=None):
+      g = (noise_level / 1000.0).reshape(-1, 1, 1, 1)
+      b = cfg.scale
+      x_t = x * jnp.sqrt((b**2 - 1) * g + 1) if cfg.normalize == 'analytic' else x
+      x0 = jnp.full_like(x, b * C)
+      eps = (x_t - jnp.sqrt(g) * x0) / jnp.sqrt(1 - g)
+      out = {'eps': eps, 'x0': x0, 'v': jnp.sqrt(g) * eps - jnp.sqrt(1 - g) * x0}
+      return out[cfg.prediction] * params['w'], None
+
+  elif cfg.is_discrete:
+
+    def apply(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
+              rng=None):
+      sigma = parameterization.timestep_to_edm_sigma(noise_level, obj.schedule)
+      abar = (1.0 / (1.0 + sigma**2)).reshape(-1, 1, 1, 1)
+      x0 = jnp.full_like(x, C)
+      eps = (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1 - abar)
+      out = {'eps': eps, 'x0': x0, 'v': jnp.sqrt(abar) * eps - jnp.sqrt(1 - abar) * x0}
+      out = out[cfg.prediction] * params['w']
+      if cfg.learn_variance:
+        out = jnp.concatenate([out, jnp.full_like(x, v)], axis=-1)
+      return out, None
+
+  else:  # edm
+
+    def apply(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
+              rng=None):
+      sigma = jnp.exp(noise_level / 250.0).reshape(-1, 1, 1, 1)
+      c_skip, c_out, c_in, _ = parameterization.edm_preconditioning(sigma, cfg.sigma_data)
+      return (C - c_skip * x / c_in) / c_out * params['w'], None
+
+  return apply
+
+
+ORACLE_CASES = [
+  dict(objective='chen', prediction='eps', normalize='none'),
+  dict(objective='chen', prediction='x0', normalize='analytic', scale=0.5),
+  dict(objective='chen', prediction='v', normalize='analytic', scale=2.0,
+       train_schedule='sigmoid', schedule_start=-3.0, schedule_end=3.0),
+  dict(objective='ddpm', prediction='eps', num_timesteps=50),
+  dict(objective='iddpm', prediction='v', num_timesteps=50, beta_schedule='cosine',
+       learn_variance=True, loss='hybrid'),
+  dict(objective='edm'),
+]
+
+
+@pytest.mark.parametrize('case', ORACLE_CASES, ids=lambda c: '-'.join(map(str, c.values())))
+def test_exact_model_has_zero_loss_and_exact_denoiser(case):
+  obj = create_objective(_cfg(**case))
+  apply = _oracle(obj, v=0.3)
+  params = {'w': jnp.float32(1.0)}
+  batch = {'image': jnp.full((64, 2, 2, 1), C), 'label': jnp.zeros((64,), jnp.int32)}
+
+  if obj.config.is_discrete:  # the levels a discrete model knows
+    sigmas = jnp.asarray(obj.schedule.edm_sigmas[[0, 10, 30, 49]], jnp.float32)
+  else:
+    sigmas = jnp.array([0.05, 0.5, 3.0, 20.0])
+
+  @jax.jit
+  def run(params, rng):
+    loss, metrics, _ = obj.loss(apply, params, batch, rng, obj.init_state())
+    denoise, _ = obj.denoiser(apply, params, clip_x0=False)
+    noise = jax.random.normal(jax.random.key(4), (4, 2, 2, 1))
+    x = C + sigmas.reshape(4, 1, 1, 1) * noise
+    return loss, metrics, jax.vmap(lambda xi, s: denoise(xi[None], s)[0])(x, sigmas)
+
+  loss, metrics, x0_hat = run(params, jax.random.key(3))
+  simple = metrics.get('mse', metrics['loss_per_example'])
+  assert float(jnp.max(simple)) < 1e-4
+  assert np.all((np.asarray(metrics['noise_t']) >= 0) & (np.asarray(metrics['noise_t']) <= 1))
+  if case['objective'] != 'iddpm':
+    # (For the hybrid loss the remaining term is the variance's L_vlb, which is > 0.)
+    assert float(loss) < 1e-3
+  tol = 2e-2 if case.get('prediction') == 'eps' else 1e-4
+  np.testing.assert_allclose(np.asarray(x0_hat), C, atol=tol)
+  # A wrong model has a clearly positive loss.
+  _, bad, _ = run({'w': jnp.float32(1.3)}, jax.random.key(3))
+  bad = bad.get('mse', bad['loss_per_example'])
+  assert float(jnp.mean(bad)) > 1e-4 and float(jnp.mean(bad)) > 1e3 * float(jnp.mean(simple))
+
+
+# ---------------------------------------------------------------------------
+# EDM and NCSN.
+
+
+def test_edm_effective_target_has_unit_variance():
+  sd, n = 0.5, 200_000
+  k1, k2 = jax.random.split(jax.random.key(4))
+  y = sd * jax.random.normal(k1, (n,))
+  z = jax.random.normal(k2, (n,))
+  for sigma in [0.002, 0.1, 0.5, 2.0, 80.0]:
+    target = effective_target(y, sigma * z, jnp.full((n,), sigma), sd)
+    var = float(jnp.var(target.astype(jnp.float32)))
+    assert abs(var - 1.0) < 6 * math.sqrt(2 / n), (sigma, var)
+  # lambda(sigma) c_out^2 = 1, so the weighted D-loss equals the plain F-loss.
+  s = jnp.array([0.01, 0.3, 7.0])
+  _, c_out, _, _ = parameterization.edm_preconditioning(s, sd)
+  np.testing.assert_allclose(parameterization.edm_loss_weight(s, sd) * c_out**2, 1.0, rtol=1e-5)
+
+
+def test_edm_sigma_distribution_is_log_normal():
+  obj = create_objective(_cfg(objective='edm'))
+  log_sigma = np.log(np.asarray(obj.sample_sigma(jax.random.key(5), 20_000), np.float64))
+  n = log_sigma.size
+  assert abs(log_sigma.mean() + 1.2) < 5 * 1.2 / math.sqrt(n)
+  assert abs(log_sigma.std() - 1.2) < 5 * 1.2 / math.sqrt(2 * n)
+
+
+def test_ncsn_loss_is_minimized_by_the_true_score():
+  """Gaussian data N(0, s^2): the score of x~ at level sigma is -x~ / (s^2 + sigma^2)."""
+  s, sigma, b = 0.6, 0.8, 4096
+  obj = create_objective(_cfg(objective='ncsn', sigma_max=sigma, sigma_min=0.1, num_levels=1))
+  batch = {'image': s * jax.random.normal(jax.random.key(6), (b, 2, 2, 1))}
+
+  def apply(params, x, noise_level, **_):
+    return params['theta'] * x, None  # F = sigma * score is linear for Gaussian data
+
+  def loss(theta):
+    l, metrics, _ = obj.loss(apply, {'theta': theta}, batch, jax.random.key(7), {})
+    return l, metrics['loss_per_example']
+
+  theta_star = -sigma / (s**2 + sigma**2)  # F* = sigma * score
+  (value, per_ex), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(jnp.float32(theta_star))
+  se = float(jnp.std(per_ex)) / math.sqrt(b)
+  assert abs(float(value) - 0.5 * s**2 / (s**2 + sigma**2)) < 5 * se
+  # The gradient at theta* is zero up to Monte Carlo noise; moving away raises the loss.
+  x_sq = float(jnp.mean(jnp.square(batch['image']))) + sigma**2
+  assert abs(float(grad)) < 5 * math.sqrt(x_sq / (b * 4)) + 1e-3
+  for d in (-0.3, 0.3):
+    assert float(jax.jit(loss)(jnp.float32(theta_star + d))[0]) > float(value) + 0.01
+
+
+# ---------------------------------------------------------------------------
+# Self-conditioning and label dropout.
+
+
+def _sc_model(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
+              rng=None):
+  """pred = w x + self_cond; carry = w x + 1 (so a zeroed carry is visible)."""
+  sc = jnp.zeros_like(x) if self_cond is None else self_cond
+  pred = params['w'] * x + sc
+  return pred, params['w'] * x + 1.0
+
+
+def test_self_conditioning_coin_and_stop_gradient():
+  x = jax.random.normal(jax.random.key(8), (2000, 2, 2, 1))
+  params = {'w': jnp.float32(0.7)}
+
+  def run(params):
+    return self_conditioning.apply_with_self_cond(
+      _sc_model, params, x, jnp.zeros((2000,)), rate=0.9, rng=jax.random.key(9), train=True
+    )
+
+  pred, _, coin = jax.jit(run)(params)
+  coin = np.asarray(coin)
+  assert abs(coin.mean() - 0.9) < 5 * math.sqrt(0.09 / 2000)
+  first = 0.7 * np.asarray(x) + 1.0
+  expected = 0.7 * np.asarray(x) + np.where(coin[:, None, None, None], first, 0.0)
+  np.testing.assert_allclose(np.asarray(pred), expected, rtol=1e-5, atol=1e-5)
+  # d/dw mean(pred) = mean(x): the first pass (whose carry also depends on w) adds nothing.
+  grad = jax.grad(lambda p: jnp.mean(run(p)[0]))(params)['w']
+  np.testing.assert_allclose(float(grad), float(jnp.mean(x)), rtol=1e-4, atol=1e-6)
+
+
+def test_label_dropout_rate():
+  label = jnp.arange(10_000, dtype=jnp.int32) % 10
+  dropped = np.asarray(self_conditioning.drop_labels(label, jax.random.key(10), 0.1))
+  is_null = dropped == -1
+  assert abs(is_null.mean() - 0.1) < 5 * math.sqrt(0.09 / 10_000)
+  np.testing.assert_array_equal(dropped[~is_null], np.asarray(label)[~is_null])
+
+
+def test_guided_stateful_denoiser():
+  """CFG on x0 with separate carries for the two branches."""
+  obj = create_objective(_cfg(objective='edm', self_cond_rate=0.5))
+  label = jnp.array([3, -1, 5], jnp.int32)
+
+  def apply(params, x, noise_level, label=None, self_cond=None, **_):
+    lab = label.astype(x.dtype).reshape(-1, 1, 1, 1)
+    sc = jnp.zeros_like(x) if self_cond is None else self_cond  # None means zeros
+    return x + lab + sc, 2.0 * sc + 1.0
+
+  x = jnp.ones((3, 2, 2, 1))
+  w = 2.0
+  denoise, state = obj.denoiser(apply, {}, label, guidance=w, x_shape=x.shape, clip_x0=False)
+  out1, state = denoise(x, jnp.float32(1.0), state)
+  out2, state = denoise(x, jnp.float32(1.0), state)
+  c_skip, c_out, c_in, _ = parameterization.edm_preconditioning(1.0, 0.5)
+
+  def d(lab, carry):
+    return c_skip * x + c_out * (c_in * x + lab.reshape(-1, 1, 1, 1) + carry)
+
+
+  null = jnp.full_like(label, -1).astype(jnp.float32)
+  lab = label.astype(jnp.float32)
+  np.testing.assert_allclose(out1, (1 + w) * d(lab, 0.0) - w * d(null, 0.0), rtol=1e-5)
+  # After one call each branch's carry is 1 (2 * 0 + 1).
+  np.testing.assert_allclose(out2, (1 + w) * d(lab, 1.0) - w * d(null, 1.0), rtol=1e-5)
+  np.testing.assert_allclose(state[0], 3.0)
+  with pytest.raises(ValueError, match='x_shape'):
+    obj.denoiser(apply, {}, label, guidance=w)
+  with pytest.raises(ValueError, match='labels'):
+    obj.denoiser(apply, {}, None, guidance=1.0, x_shape=x.shape)
+
+
+# ---------------------------------------------------------------------------
+# jit / vmap / grad without retracing, for every objective.
+
+
+ALL_CASES = [
+  dict(objective='chen', self_cond_rate=0.9, label_drop_prob=0.1),
+  dict(objective='ddpm', num_timesteps=20),
+  dict(objective='iddpm', num_timesteps=20, learn_variance=True, loss='hybrid',
+       importance_sampling=True),
+  dict(objective='edm', self_cond_rate=0.5),
+  dict(objective='ncsn', num_levels=10, sigma_max=5.0),
+]
+
+
+@pytest.mark.parametrize('case', ALL_CASES, ids=lambda c: c['objective'])
+def test_loss_jits_vmaps_and_grads_without_retracing(case):
+  obj = create_objective(_cfg(**case))
+  traces = []
+  channels = 2 if obj.config.learn_variance else 1
+
+  def apply(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
+            rng=None):
+    traces.append(1)
+    sc = 0.0 if self_cond is None else self_cond
+    out = params['w'] * x + params['b'] * noise_level.reshape(-1, 1, 1, 1) * 1e-3 + 0.1 * sc
+    return jnp.tile(jnp.tanh(out), (1, 1, 1, channels)), out
+
+  def loss_fn(params, batch, rng, state):
+    loss, metrics, state = obj.loss(apply, params, batch, rng, state)
+    return loss, (metrics, state)
+
+  step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+  def batch_of(seed):
+    k = jax.random.key(seed)
+    return {'image': jax.random.uniform(k, (8, 4, 4, 1), minval=-1, maxval=1),
+            'label': jnp.arange(8, dtype=jnp.int32)}
+
+  params = {'w': jnp.float32(0.5), 'b': jnp.float32(0.1)}
+  state = obj.init_state()
+  (loss, (metrics, state)), grads = step(params, batch_of(0), jax.random.key(0), state)
+  n_traces = len(traces)
+  params2 = {'w': jnp.float32(-0.2), 'b': jnp.float32(0.3)}
+  (loss2, (metrics2, state)), grads2 = step(params2, batch_of(1), jax.random.key(1), state)
+  assert len(traces) == n_traces  # new values, no retrace
+  for out in (loss, loss2, grads['w'], grads2['b']):
+    assert np.isfinite(float(out))
+  assert metrics['loss_per_example'].shape == (8,) and metrics['noise_t'].shape == (8,)
+  assert float(loss) != float(loss2)
+  # vmap over independent rngs.
+  losses = jax.vmap(lambda r: loss_fn(params, batch_of(0), r, obj.init_state())[0])(
+    jax.random.split(jax.random.key(2), 3)
+  )
+  assert losses.shape == (3,) and np.all(np.isfinite(np.asarray(losses)))
+
+
+# ---------------------------------------------------------------------------
+# Sampling through the samplers package.
+
+
+@pytest.mark.parametrize(
+  'case,sampler',
+  [
+    (dict(objective='chen', normalize='analytic', prediction='v'), 'default'),
+    (dict(objective='iddpm', num_timesteps=50, learn_variance=True, loss='hybrid'), 'default'),
+    (dict(objective='edm'), 'default'),
+    (dict(objective='ddpm', num_timesteps=50), 'chen_ddim'),
+  ],
+  ids=['chen', 'iddpm', 'edm', 'ddpm-chen_ddim'],
+)
+def test_sample_recovers_the_one_point_data_set(case, sampler):
+  obj = create_objective(_cfg(**case))
+  apply = _oracle(obj, v=0.0)
+  sample_cfg = dict(sampler=sampler, num_steps=8, clip_x0=True)
+  noise = jax.random.normal(jax.random.key(11), (2, 4, 4, 1))
+  out = jax.jit(lambda n, r: obj.sample(apply, {'w': 1.0}, n, None, r, sample_cfg))(
+    noise, jax.random.key(12)
+  )
+  assert out.shape == noise.shape
+  np.testing.assert_allclose(np.asarray(out), C, atol=2e-3)
+
+
+def test_ncsn_sample_runs():
+  obj = create_objective(_cfg(objective='ncsn', sigma_max=1.0, sigma_min=0.05, num_levels=5))
+  apply = lambda params, x, noise_level, **_: (-0.5 * x, None)
+  noise = jax.random.normal(jax.random.key(13), (2, 4, 4, 1))
+  out = obj.sample(apply, {}, noise, None, jax.random.key(14), dict(n_steps_each=2))
+  assert out.shape == noise.shape and np.all(np.abs(np.asarray(out)) <= 1.0)
+
+
+# ---------------------------------------------------------------------------
+# Config errors.
+
+
+@pytest.mark.parametrize(
+  'overrides,match',
+  [
+    (dict(objective='foo'), r"config.diffusion.objective='foo' is not one of chen, ddpm"),
+    (dict(train_schedule='exp'), 'config.diffusion.train_schedule'),
+    (dict(prediction='score'), 'config.diffusion.prediction'),
+    (dict(objective='ddpm', loss='l1'), 'config.diffusion.loss'),
+    (dict(objective='ddpm', beta_schedule='quad'), 'config.diffusion.beta_schedule'),
+    (dict(objective='iddpm', loss='hybrid'), 'learn_variance'),
+    (dict(objective='edm', loss='vlb'), 'config.diffusion.loss'),
+    (dict(self_cond_rate=1.5), 'config.diffusion.self_cond_rate'),
+    (dict(scale=0.0), 'config.diffusion.scale'),
+    (dict(schedule_start=1.0, schedule_end=0.0, train_schedule='cosine'), 'schedule_start'),
+    (dict(objective='ncsn', sigma_min=60.0), 'config.diffusion.sigma_max'),
+    (dict(objective='edm', importance_sampling=True), 'importance_sampling'),
+    (dict(normalise='none'), 'unknown keys'),
+  ],
+)
+def test_config_errors_name_the_key(overrides, match):
+  import configs.default
+
+  cfg = configs.default.get_config()
+  diffusion = ml_collections.ConfigDict(cfg.diffusion.to_dict())
+  for k, v in overrides.items():
+    diffusion[k] = v
+  with pytest.raises(ValueError, match=match):
+    create_objective(diffusion, cfg.model, cfg.data)
+
+
+def test_default_config_builds_every_objective():
+  import configs.default
+
+  cfg = configs.default.get_config()
+  for name in ('chen', 'ddpm', 'iddpm', 'edm', 'ncsn'):
+    cfg.diffusion.objective = name
+    assert create_objective(cfg.diffusion, cfg.model, cfg.data).config.objective == name
+  with pytest.raises(ValueError, match='config.sample.sampler'):
+    from diffusion_jax.objectives import SampleSettings
+
+    SampleSettings.from_config(dict(sampler='nope'))

@@ -1,0 +1,190 @@
+"""Tests of the DDPM / DDIM / DDIM-encode samplers and Chen 2023 Algorithm 3."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax import samplers, schedules
+from diffusion_jax.schedules import DiscreteSchedule, space_timesteps
+
+WEIGHTS = np.array([0.2, 0.3, 0.5])
+MEANS = np.array([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]])
+STDS = np.array([[0.10, 0.15], [0.20, 0.12], [0.15, 0.15]])
+MIXTURE = samplers.GaussianMixture(WEIGHTS, MEANS, STDS)
+NUM = 4000
+LINEAR = DiscreteSchedule.from_name('linear', 1000)
+COSINE = DiscreteSchedule.from_name('cosine', 1000)
+
+
+def assert_matches_mixture(gm, x, mean_bias=0.01, var_bias=0.03, weight_bias=0.005):
+  """Component weights, means and variances within 4.5 standard errors (+ a bias allowance)."""
+  st = gm.summary(x)
+  n = np.shape(x)[0]
+  w = gm.weights
+  np.testing.assert_array_less(
+    np.abs(st['weights'] - w), 4.5 * np.sqrt(w * (1 - w) / n) + weight_bias
+  )
+  nk = st['counts'][:, None]
+  np.testing.assert_array_less(
+    np.abs(st['means'] - gm.means.reshape(w.size, -1)), 4.5 * np.sqrt(gm.variances / nk) + mean_bias
+  )
+  np.testing.assert_array_less(
+    np.abs(st['variances'] / gm.variances - 1),
+    np.broadcast_to(4.5 * np.sqrt(2 / (nk - 1)) + var_bias, gm.variances.shape),
+  )
+
+
+def _gaussian_x0(mu, var, x_data, sigma):
+  return mu + var / (var + sigma**2) * (x_data - mu)
+
+
+def test_ddim_eta0_matches_float64_reference():
+  # Independent float64 DDIM (Song 2021, eq. 12 with sigma = 0) for Gaussian data.
+  mu, var = np.array([0.3, -0.4]), np.array([0.04, 0.25])
+  gauss = samplers.GaussianMixture([1.0], mu[None], np.sqrt(var)[None])
+  idx = np.arange(19, 1000, 50)  # 20 strided steps
+  abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[idx]
+  z = jax.random.normal(jax.random.key(0), (8, 2))
+  got = jax.jit(lambda z: samplers.ddim_sample(gauss.denoise, z, LINEAR, timesteps=idx))(z)
+  x = np.asarray(z, np.float64)
+  for i in range(len(idx) - 1, -1, -1):
+    a, a_prev = abar[i], (abar[i - 1] if i > 0 else 1.0)
+    x0 = _gaussian_x0(mu, var, x / np.sqrt(a), np.sqrt((1 - a) / a))
+    eps = (x - np.sqrt(a) * x0) / np.sqrt(1 - a)
+    x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
+  np.testing.assert_allclose(np.asarray(got), x, rtol=1e-4, atol=1e-5)
+
+
+def test_ddpm_variances_and_ddim_eta1_agree_pathwise():
+  sched = LINEAR.respace(space_timesteps(1000, 50))
+
+  def learned(v):
+    return lambda x, s: (MIXTURE.denoise(x, s), jnp.full_like(x, v))
+
+  @jax.jit
+  def run(z, key):
+    kw = dict(rng=key)
+    return {
+      'small': samplers.ddpm_sample(MIXTURE.denoise, z, sched, variance='small', **kw),
+      'large': samplers.ddpm_sample(MIXTURE.denoise, z, sched, variance='large', **kw),
+      'v-1': samplers.ddpm_sample(learned(-1.0), z, sched, variance='learned', **kw),
+      'v+1': samplers.ddpm_sample(learned(1.0), z, sched, variance='learned', **kw),
+      'ddim1': samplers.ddim_sample(MIXTURE.denoise, z, sched, eta=1.0, **kw),
+    }
+
+  out = run(jax.random.normal(jax.random.key(1), (256, 2)), jax.random.key(2))
+  # DDIM with eta = 1 is the DDPM posterior: same path for the same noise.
+  np.testing.assert_allclose(out['ddim1'], out['small'], atol=2e-4)
+  # iDDPM's v = -1 is betatilde ('small'), v = +1 is beta ('large').
+  np.testing.assert_allclose(out['v-1'], out['small'], atol=1e-4)
+  np.testing.assert_allclose(out['v+1'], out['large'], atol=1e-4)
+  assert not np.allclose(out['small'], out['large'], atol=1e-2)
+
+
+@pytest.mark.parametrize(
+  'sampler,schedule,timesteps,kwargs',
+  [
+    ('ddpm', LINEAR, None, dict(variance='small')),  # the full 1000-step chain
+    ('ddpm', COSINE, 250, dict(variance='large')),  # iDDPM strided respacing
+    ('ddpm', LINEAR, 'ddim250', dict(variance='learned')),  # v = 0: the geometric mean
+    ('ddim', COSINE, ('trailing', 250), dict(eta=1.0)),
+    ('ddim', COSINE, ('leading', 100), dict(eta=0.0)),
+  ],
+)
+def test_discrete_samplers_match_mixture(sampler, schedule, timesteps, kwargs):
+  ts = None if timesteps is None else space_timesteps(1000, timesteps)
+  denoise = MIXTURE.denoise
+  if kwargs.get('variance') == 'learned':
+    denoise = lambda x, s: (MIXTURE.denoise(x, s), jnp.zeros_like(x))
+  fn = samplers.get_sampler(sampler)
+  run = jax.jit(lambda z, k: fn(denoise, z, schedule, timesteps=ts, rng=k, **kwargs))
+  x = run(jax.random.normal(jax.random.key(3), (NUM, 2)), jax.random.key(4))
+  assert_matches_mixture(MIXTURE, x)
+
+
+def test_ddim_encode_decode_round_trip():
+  x0, _ = MIXTURE.sample(jax.random.key(5), 2000)
+
+  @jax.jit
+  def round_trip(x0):
+    out = {}
+    for n in (25, 100):
+      ts = space_timesteps(1000, n)
+      xt = samplers.ddim_encode(MIXTURE.denoise, x0, LINEAR, timesteps=ts)
+      out[n] = (xt, samplers.ddim_sample(MIXTURE.denoise, xt, LINEAR, timesteps=ts))
+    return out
+
+  out = jax.tree.map(np.asarray, round_trip(x0))
+  err = {n: np.sqrt(np.mean((out[n][1] - np.asarray(x0)) ** 2)) for n in out}
+  assert err[100] < 0.01 and err[100] < 0.5 * err[25], err
+  # The codes of data samples are standard normal (the ODE maps the data to the prior).
+  xt = out[100][0]
+  np.testing.assert_array_less(np.abs(xt.mean(0)), 4.5 / np.sqrt(2000))
+  np.testing.assert_array_less(np.abs(xt.var(0) - 1), 4.5 * np.sqrt(2 / 2000) + 0.02)
+
+
+def test_chen_ddim_matches_float64_algorithm3():
+  mu, var, b, steps = np.array([0.2, -0.5]), np.array([0.09, 0.01]), 0.5, 16
+  gauss = samplers.GaussianMixture([1.0], mu[None], np.sqrt(var)[None])
+  z = jax.random.normal(jax.random.key(6), (8, 2))
+  got = jax.jit(
+    lambda z: samplers.chen_sample(gauss.denoise, z, steps=steps, scale=b, method='ddim')
+  )(z)
+  x = np.asarray(z, np.float64)
+  for step in range(steps):
+    t_now, t_next = 1 - step / steps, max(1 - (step + 1) / steps, 0.0)
+    g_now, g_next = (np.clip(np.cos(t * np.pi / 2) ** 2, 1e-9, 1.0) for t in (t_now, t_next))
+    sigma = np.sqrt(1 - g_now) / (np.sqrt(g_now) * b)
+    x0 = b * _gaussian_x0(mu, var, x / (np.sqrt(g_now) * b), sigma)  # model space: b * x0
+    eps = (x - np.sqrt(g_now) * x0) / np.sqrt(1 - g_now)
+    x = np.sqrt(g_next) * x0 + np.sqrt(1 - g_next) * eps
+  np.testing.assert_allclose(np.asarray(got), x0 / b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize('scale,gamma', [(1.0, 'cosine'), (0.7, 'linear')])
+def test_chen_ddpm_matches_mixture_and_threads_state(scale, gamma):
+  gamma_fn = schedules.get_gamma_schedule(gamma)
+
+  def stateful(x, sigma, state):  # self-conditioning carry: counts the calls
+    return MIXTURE.denoise(x, sigma), state + 1
+
+  @jax.jit
+  def run(z, key):
+    return samplers.chen_sample(
+      stateful,
+      z,
+      steps=200,
+      gamma_fn=gamma_fn,
+      scale=scale,
+      rng=key,
+      init_state=jnp.int32(0),
+      return_trajectory=[0, 1, -1],
+    )
+
+  z = jax.random.normal(jax.random.key(7), (NUM, 2))
+  x, traj = run(z, jax.random.key(8))
+  assert_matches_mixture(MIXTURE, x)
+  np.testing.assert_array_equal(traj[0], z)
+  # The last state is g = 1 (t = 0): model space = scale * the returned x0.
+  np.testing.assert_allclose(traj[-1], scale * np.asarray(x), atol=1e-5)
+
+
+def test_bad_arguments_raise_value_errors():
+  d = MIXTURE.denoise
+  x = jnp.zeros((2, 2))
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match='steps must be >= 1'):
+    samplers.chen_sample(d, x, steps=0, rng=key)
+  with pytest.raises(ValueError, match='scale'):
+    samplers.chen_sample(d, x, steps=4, scale=-1.0, rng=key)
+  with pytest.raises(ValueError, match='rng is required'):
+    samplers.chen_sample(d, x, steps=4)
+  with pytest.raises(ValueError, match='eta must be in'):
+    samplers.ddim_sample(d, x, LINEAR, eta=1.5, rng=key)
+  with pytest.raises(ValueError, match='variance must be one of'):
+    samplers.ddpm_sample(d, x, LINEAR, variance='fixed', rng=key)
+  with pytest.raises(ValueError, match='schedule must be a schedules.DiscreteSchedule'):
+    samplers.ddpm_sample(d, x, np.linspace(1e-4, 0.02, 10), rng=key)
+  with pytest.raises(ValueError, match='strictly increasing'):
+    samplers.ddim_sample(d, x, LINEAR, timesteps=[10, 5])
