@@ -177,9 +177,11 @@ class InputIterator(Iterator):
     self.step += 1
     return item
 
-  def close(self) -> None:
-    """Stops the background thread and releases the source's workers."""
+  def close(self, timeout: float = 30.0) -> None:
+    """Stops the background thread (waits up to `timeout` s) and releases the source."""
     self._stop.set()
+    if self._thread.is_alive() and threading.current_thread() is not self._thread:
+      self._thread.join(timeout)
     self._source.close()
 
   def __del__(self):

@@ -19,6 +19,7 @@ from jax.typing import ArrayLike
 
 from diffusion_jax.schedules import (
   DiscreteSchedule,
+  _check_positive,
   edm_sigma_to_gamma,
   edm_sigma_to_logsnr,
   gamma_from_logsnr,
@@ -157,6 +158,7 @@ def clip_x0(x0: ArrayLike, scale: float = 1.0) -> jax.Array:
 
   Source: Ho 2020 (DDPM code, clip_denoised); Chen 2023 input scaling.
   """
+  _check_positive('scale', scale, 'The input scale b is a positive number such as 1.0.')
   return jnp.clip(jnp.asarray(x0), -scale, scale)
 
 
@@ -171,6 +173,7 @@ def normalize_input(
 
   Source: Chen 2023, Section 3 (variance normalization).
   """
+  _check_positive('scale', scale, 'The input scale b is a positive number such as 1.0.')
   x_t = jnp.asarray(x_t)
   if mode == 'none':
     return x_t

@@ -35,8 +35,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusion_jax.evaluation import inception  # noqa: E402
 
-_BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
-       'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+_BN = {
+  'weight': ('params', 'scale'),
+  'bias': ('params', 'bias'),
+  'running_mean': ('batch_stats', 'mean'),
+  'running_var': ('batch_stats', 'var'),
+}
 
 
 def torch_to_flax_key(key: str) -> str | None:
@@ -91,9 +95,11 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError as e:
-    raise SystemExit('This conversion reads a PyTorch file and needs torch: '
-                     'pip install torch --index-url https://download.pytorch.org/whl/cpu '
-                     '(diffusion_jax itself does not need torch).') from e
+    raise SystemExit(
+      'This conversion reads a PyTorch file and needs torch: '
+      'pip install torch --index-url https://download.pytorch.org/whl/cpu '
+      '(diffusion_jax itself does not need torch).'
+    ) from e
   state = torch.load(path, map_location='cpu', weights_only=True)
   return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
@@ -109,8 +115,9 @@ def check_against_pytorch_fid(path_npz: str, num_images: int = 4) -> float:
   with torch.no_grad():
     ref = torch_model(torch.from_numpy((images + 1) / 2).permute(0, 3, 1, 2))[0]
   ref = ref.numpy().reshape(num_images, -1)
-  ours = inception.InceptionFeatureExtractor(inception.load_inception_variables(path_npz),
-                                             batch_size=num_images, quantize=False)(images)
+  ours = inception.InceptionFeatureExtractor(
+    inception.load_inception_variables(path_npz), batch_size=num_images, quantize=False
+  )(images)
   return float(np.max(np.abs(ours['pool'] - ref)))
 
 
@@ -118,8 +125,11 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--input', required=True, help='pt_inception-2015-12-05-6726825d.pth')
   parser.add_argument('--output', required=True, help='where to write the .npz')
-  parser.add_argument('--check', action='store_true',
-                      help='compare features with the pytorch-fid package (if installed)')
+  parser.add_argument(
+    '--check',
+    action='store_true',
+    help='compare features with the pytorch-fid package (if installed)',
+  )
   args = parser.parse_args(argv)
   if not os.path.isfile(args.input):
     raise SystemExit(f'{args.input} does not exist; download it from {inception.FID_WEIGHTS_URL}')
@@ -129,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
   inception.load_inception_variables(args.output)  # validates every key and shape.
   print(f'Wrote {len(flat)} arrays to {args.output}; set config.eval.inception_weights to it.')
   if args.check:
-    print(f'max |pool feature difference| vs pytorch-fid: {check_against_pytorch_fid(args.output):.3g}')
+    print(
+      f'max |pool feature difference| vs pytorch-fid: {check_against_pytorch_fid(args.output):.3g}'
+    )
 
 
 if __name__ == '__main__':

@@ -86,7 +86,7 @@ def _np_conv(x, kernel, padding=(0, 0), stride=1):
   out = np.zeros((x.shape[0], h, w, kernel.shape[3]))
   for i in range(kh):
     for j in range(kw):
-      patch = x[:, i:i + stride * h:stride, j:j + stride * w:stride, :]
+      patch = x[:, i : i + stride * h : stride, j : j + stride * w : stride, :]
       out += patch @ kernel[i, j]
   return out
 
@@ -106,10 +106,10 @@ def _np_pool3(x, kind):
   xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
   ones = np.pad(np.ones(x.shape[1:3]), 1)
   h, w = x.shape[1:3]
-  windows = np.stack([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)])
+  windows = np.stack([xp[:, i : i + h, j : j + w] for i in range(3) for j in range(3)])
   if kind == 'max':
     return windows.max(axis=0)
-  counts = sum(ones[i:i + h, j:j + w] for i in range(3) for j in range(3))
+  counts = sum(ones[i : i + h, j : j + w] for i in range(3) for j in range(3))
   return windows.sum(axis=0) / counts[None, :, :, None]
 
 
@@ -154,11 +154,13 @@ def _np_block_c(v, x):
 def _np_block_e(v, x, pool):
   b1 = _np_basic(v, 'branch1x1', x)
   b3 = _np_basic(v, 'branch3x3_1', x)
-  b3 = np.concatenate([_np_basic(v, 'branch3x3_2a', b3, (0, 1)),
-                       _np_basic(v, 'branch3x3_2b', b3, (1, 0))], -1)
+  b3 = np.concatenate(
+    [_np_basic(v, 'branch3x3_2a', b3, (0, 1)), _np_basic(v, 'branch3x3_2b', b3, (1, 0))], -1
+  )
   bd = _np_basic(v, 'branch3x3dbl_2', _np_basic(v, 'branch3x3dbl_1', x), (1, 1))
-  bd = np.concatenate([_np_basic(v, 'branch3x3dbl_3a', bd, (0, 1)),
-                       _np_basic(v, 'branch3x3dbl_3b', bd, (1, 0))], -1)
+  bd = np.concatenate(
+    [_np_basic(v, 'branch3x3dbl_3a', bd, (0, 1)), _np_basic(v, 'branch3x3dbl_3b', bd, (1, 0))], -1
+  )
   bp = _np_basic(v, 'branch_pool', _np_pool3(x, pool))
   return np.concatenate([b1, b3, bd, bp], -1)
 
@@ -169,16 +171,25 @@ def test_fid_blocks_match_numpy_reference(variables, block):
   name, module, ref, channels = {
     'A': ('Mixed_5b', inception.FIDInceptionA(32), _np_block_a, 192),
     'C': ('Mixed_6b', inception.FIDInceptionC(128), _np_block_c, 768),
-    'E_1': ('Mixed_7b', inception.FIDInceptionE(max_pool_branch=False),
-            lambda v, x: _np_block_e(v, x, 'avg'), 1280),
-    'E_2': ('Mixed_7c', inception.FIDInceptionE(max_pool_branch=True),
-            lambda v, x: _np_block_e(v, x, 'max'), 2048),
+    'E_1': (
+      'Mixed_7b',
+      inception.FIDInceptionE(max_pool_branch=False),
+      lambda v, x: _np_block_e(v, x, 'avg'),
+      1280,
+    ),
+    'E_2': (
+      'Mixed_7c',
+      inception.FIDInceptionE(max_pool_branch=True),
+      lambda v, x: _np_block_e(v, x, 'max'),
+      2048,
+    ),
   }[block]
-  v = _randomize({'params': variables['params'][name],
-                  'batch_stats': variables['batch_stats'][name]}, seed=3)
+  v = _randomize(
+    {'params': variables['params'][name], 'batch_stats': variables['batch_stats'][name]}, seed=3
+  )
   # Signed inputs: the max pool's -inf padding matters only if some values are negative.
   x = np.random.default_rng(4).standard_normal((2, 5, 5, channels))
-  got = np.asarray(module.apply(jax.tree.map(jnp.float32, v), jnp.asarray(x, jnp.float32)))
+  got = np.asarray(jax.jit(module.apply)(jax.tree.map(jnp.float32, v), jnp.asarray(x, jnp.float32)))
   want = ref(v, x)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
@@ -221,8 +232,13 @@ def test_missing_weights_error_names_path_and_fix(tmp_path):
     inception.load_inception_variables(path)
   assert isinstance(info.value, FileNotFoundError)
   message = str(info.value)
-  for needle in (path, inception.FID_WEIGHTS_URL, 'convert_inception_weights.py',
-                 'pt_inception-2015-12-05', 'config.eval.inception_weights'):
+  for needle in (
+    path,
+    inception.FID_WEIGHTS_URL,
+    'convert_inception_weights.py',
+    'pt_inception-2015-12-05',
+    'config.eval.inception_weights',
+  ):
     assert needle in message
   with pytest.raises(inception.InceptionWeightsNotFoundError, match='not set'):
     inception.load_inception_variables('')

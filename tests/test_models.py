@@ -155,25 +155,23 @@ def test_rin_self_conditioning_passes_no_gradient_to_the_first_pass():
   x, t, y = inputs(cfg)
   params = replace_param(params, ('self_cond_ln_out', 'scale'), jnp.ones_like)
   remat_model = create_model(ModelConfig(**{**cfg.__dict__, 'remat': True}))
+  loss = lambda m, p, sc: jnp.sum(m.apply(p, x, t, y, self_cond=sc)[0] ** 2)
 
-  def two_pass(p, m, stop):
-    _, carry = m.apply(p, x, t, y)
-    carry = jax.lax.stop_gradient(carry) if stop else carry
-    out, _ = m.apply(p, x, t, y, self_cond=carry)
-    return jnp.sum(out**2)
-
-  def grads(p):
+  def grads(p, carry):
+    two_pass = lambda p: loss(model, p, model.apply(p, x, t, y)[1])
     return (
-      jax.grad(two_pass)(p, model, False),
-      jax.grad(two_pass)(p, model, True),
-      jax.grad(two_pass)(p, remat_model, False),
+      jax.grad(two_pass)(p),  # gradient may only flow through the second pass
+      jax.grad(lambda p: loss(model, p, carry))(p),  # the first pass as a constant
+      jax.grad(lambda p: loss(remat_model, p, carry))(p),
     )
 
-  g_free, g_stopped, g_remat = fast_jit(grads, params)(params)
+  carry = model.apply(params, x, t, y)[1]
+  g_free, g_const, g_remat = fast_jit(grads, params, carry)(params, carry)
   leaves = lambda g: np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)])
-  np.testing.assert_allclose(leaves(g_free), leaves(g_stopped), rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(leaves(g_remat), leaves(g_free), rtol=1e-4, atol=1e-6)
-  assert np.abs(leaves(g_free)).max() > 0
+  scale = np.abs(leaves(g_const)).max()
+  assert scale > 0
+  np.testing.assert_allclose(leaves(g_free), leaves(g_const), atol=1e-5 * scale)
+  np.testing.assert_allclose(leaves(g_remat), leaves(g_const), atol=1e-5 * scale)
 
 
 def test_rin_null_label_is_a_zero_one_hot():
@@ -252,8 +250,9 @@ def tiny_unet():
     scale_shift_norm=True,
     self_cond=True,
     channel_mults=(1, 2),
-    attention_resolutions=(16,),
+    attention_resolutions=(8,),
   )
+  config.data.image_size = 16
   cfg = ModelConfig.from_config(config.model, config.data)
   model = create_model(cfg)
   params = random_params(model.param_shapes())
@@ -280,7 +279,7 @@ def test_unet_shapes_conditioning_and_null_label():
   x, t, y, sc, aug = unet_inputs(cfg, model)
   f = unet_eval_fn()
   out, carry = f(params, x, t, y, sc, aug)
-  assert out.shape == (2, 32, 32, 6)  # mean + iDDPM's v channels
+  assert out.shape == (2, 16, 16, 6)  # mean + iDDPM's v channels
   np.testing.assert_array_equal(out, carry)
   assert np.all(np.isfinite(out)) and float(jnp.std(out)) > 1e-2
   # Each conditioning input changes the output.
@@ -316,8 +315,10 @@ def test_unet_init_zero_output_and_label_free_variant():
   cfg = ModelConfig.from_config(config.model, config.data)
   model = create_model(cfg)
   x, t, _ = inputs(cfg)
-  params = model.init(jax.random.key(0, impl='rbg'), x, t)
-  out, _ = model.apply(params, x, t, label=jnp.array([1, 2]))  # labels ignored: unconditional
+  label = jnp.array([1, 2])  # ignored: the network is unconditional
+  fn = lambda k: model.module.init_with_output({'params': k}, x, t, label)
+  key = jax.random.key(0, impl='rbg')
+  (out, _), params = fast_jit(fn, key)(key)
   assert out.shape == (2, 8, 8, 3)
   np.testing.assert_array_equal(out, 0.0)
   assert 'class_proj' not in params['params']
@@ -332,10 +333,10 @@ def full_size_shapes(name):
   config = load_config(name)
   cfg = ModelConfig.from_config(config.model, config.data)
   model = create_model(cfg)
-  params = model.param_shapes(batch_size=2)
   x = jax.ShapeDtypeStruct((2, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
   t = jax.ShapeDtypeStruct((2,), jnp.float32)
-  out, carry = jax.eval_shape(lambda p, x, t: model.apply(p, x, t, jnp.array([0, -1])), params, x, t)
+  init = lambda k, x, t: model.module.init_with_output({'params': k}, x, t, jnp.array([0, -1]))
+  (out, carry), params = jax.eval_shape(init, jax.random.key(0), x, t)
   return cfg, model, params, out, carry
 
 

@@ -1,6 +1,8 @@
 """Tests of the training objectives: noising, targets, EDM, NCSN, self-conditioning, bridges."""
 
+import importlib.util
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -48,20 +50,28 @@ def test_chen_noising_moments_and_normalization(scale):
   np.testing.assert_allclose(np.asarray(x_in).reshape(3, -1).std(1), 1.0, rtol=1e-4)
 
 
-@pytest.mark.parametrize('kind', ['eps', 'x0', 'v'])
-def test_prediction_targets_round_trip(kind):
+def test_prediction_targets_round_trip():
   k1, k2 = jax.random.split(jax.random.key(2))
   x0 = 0.8 * jax.random.normal(k1, (4, 3, 3, 2))
   eps = jax.random.normal(k2, x0.shape)
   gamma = jnp.array([0.99, 0.6, 0.2, 0.01])
   g = gamma.reshape(4, 1, 1, 1)
-  x_t = jnp.sqrt(g) * x0 + jnp.sqrt(1 - g) * eps
-  target = prediction_target(kind, x0, eps, gamma)
-  x0_hat, eps_hat = parameterization.predict_x0_eps(target, x_t, gamma, kind)
-  np.testing.assert_allclose(x0_hat, x0, atol=2e-4 if kind != 'eps' else 5e-3)
-  np.testing.assert_allclose(eps_hat, eps, atol=2e-4 if kind != 'x0' else 5e-3)
-  if kind == 'v':
-    np.testing.assert_allclose(target, jnp.sqrt(g) * eps - jnp.sqrt(1 - g) * x0, atol=1e-6)
+
+  @jax.jit
+  def round_trip(x0, eps):
+    x_t = jnp.sqrt(g) * x0 + jnp.sqrt(1 - g) * eps
+    out = {}
+    for kind in ('eps', 'x0', 'v'):
+      target = prediction_target(kind, x0, eps, gamma)
+      out[kind] = (target, *parameterization.predict_x0_eps(target, x_t, gamma, kind))
+    return out
+
+  for kind, (_, x0_hat, eps_hat) in round_trip(x0, eps).items():
+    np.testing.assert_allclose(x0_hat, x0, atol=2e-4 if kind != 'eps' else 5e-3)
+    np.testing.assert_allclose(eps_hat, eps, atol=2e-4 if kind != 'x0' else 5e-3)
+  np.testing.assert_allclose(
+    round_trip(x0, eps)['v'][0], jnp.sqrt(g) * eps - jnp.sqrt(1 - g) * x0, atol=1e-6
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -73,8 +83,9 @@ def _oracle(obj, v=None):
   cfg = obj.config
   if cfg.objective == 'chen':
 
-    def apply(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
-              rng=None):
+    def apply(
+      params, x, noise_level, label=None, self_cond=None, augment=None, train=False, rng=None
+    ):
       g = (noise_level / 1000.0).reshape(-1, 1, 1, 1)
       b = cfg.scale
       x_t = x * jnp.sqrt((b**2 - 1) * g + 1) if cfg.normalize == 'analytic' else x
@@ -85,8 +96,9 @@ def _oracle(obj, v=None):
 
   elif cfg.is_discrete:
 
-    def apply(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
-              rng=None):
+    def apply(
+      params, x, noise_level, label=None, self_cond=None, augment=None, train=False, rng=None
+    ):
       sigma = parameterization.timestep_to_edm_sigma(noise_level, obj.schedule)
       abar = (1.0 / (1.0 + sigma**2)).reshape(-1, 1, 1, 1)
       x0 = jnp.full_like(x, C)
@@ -99,8 +111,9 @@ def _oracle(obj, v=None):
 
   else:  # edm
 
-    def apply(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
-              rng=None):
+    def apply(
+      params, x, noise_level, label=None, self_cond=None, augment=None, train=False, rng=None
+    ):
       sigma = jnp.exp(noise_level / 250.0).reshape(-1, 1, 1, 1)
       c_skip, c_out, c_in, _ = parameterization.edm_preconditioning(sigma, cfg.sigma_data)
       return (C - c_skip * x / c_in) / c_out * params['w'], None
@@ -109,50 +122,85 @@ def _oracle(obj, v=None):
 
 
 ORACLE_CASES = [
-  dict(objective='chen', prediction='eps', normalize='none'),
+  dict(
+    objective='chen', prediction='eps', normalize='none', self_cond_rate=0.9, label_drop_prob=0.1
+  ),
   dict(objective='chen', prediction='x0', normalize='analytic', scale=0.5),
-  dict(objective='chen', prediction='v', normalize='analytic', scale=2.0,
-       train_schedule='sigmoid', schedule_start=-3.0, schedule_end=3.0),
+  dict(
+    objective='chen',
+    prediction='v',
+    normalize='analytic',
+    scale=2.0,
+    train_schedule='sigmoid',
+    schedule_start=-3.0,
+    schedule_end=3.0,
+  ),
   dict(objective='ddpm', prediction='eps', num_timesteps=50),
-  dict(objective='iddpm', prediction='v', num_timesteps=50, beta_schedule='cosine',
-       learn_variance=True, loss='hybrid'),
+  dict(
+    objective='iddpm',
+    prediction='v',
+    num_timesteps=50,
+    beta_schedule='cosine',
+    learn_variance=True,
+    loss='hybrid',
+  ),
   dict(objective='edm'),
 ]
 
 
 @pytest.mark.parametrize('case', ORACLE_CASES, ids=lambda c: '-'.join(map(str, c.values())))
-def test_exact_model_has_zero_loss_and_exact_denoiser(case):
+def test_exact_model_zero_loss_exact_denoiser_jit_grad_vmap(case):
+  """Also: the loss jits once (no retrace on new values), grads and vmaps over rngs."""
   obj = create_objective(_cfg(**case))
-  apply = _oracle(obj, v=0.3)
-  params = {'w': jnp.float32(1.0)}
-  batch = {'image': jnp.full((64, 2, 2, 1), C), 'label': jnp.zeros((64,), jnp.int32)}
+  oracle = _oracle(obj, v=0.3)
+  traces = []
 
+  def apply(*args, **kwargs):
+    traces.append(1)
+    return oracle(*args, **kwargs)
+
+  batch = {'image': jnp.full((64, 2, 2, 1), C), 'label': jnp.arange(64, dtype=jnp.int32) % 10}
   if obj.config.is_discrete:  # the levels a discrete model knows
     sigmas = jnp.asarray(obj.schedule.edm_sigmas[[0, 10, 30, 49]], jnp.float32)
   else:
     sigmas = jnp.array([0.05, 0.5, 3.0, 20.0])
 
-  @jax.jit
-  def run(params, rng):
-    loss, metrics, _ = obj.loss(apply, params, batch, rng, obj.init_state())
-    denoise, _ = obj.denoiser(apply, params, clip_x0=False)
-    noise = jax.random.normal(jax.random.key(4), (4, 2, 2, 1))
-    x = C + sigmas.reshape(4, 1, 1, 1) * noise
-    return loss, metrics, jax.vmap(lambda xi, s: denoise(xi[None], s)[0])(x, sigmas)
+  def loss_fn(params, rng, state):
+    loss, metrics, state = obj.loss(apply, params, batch, rng, state)
+    return loss, (metrics, state)
 
-  loss, metrics, x0_hat = run(params, jax.random.key(3))
+  @jax.jit
+  def run(params, rng, state):
+    (loss, (metrics, state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rng, state)
+    vmapped = jax.vmap(lambda r: loss_fn(params, r, state)[1][0]['loss_per_example'])(
+      jax.random.split(rng, 2)
+    )
+    denoise, _ = obj.denoiser(apply, params, clip_x0=False, x_shape=(1, 2, 2, 1))
+    x = C + sigmas.reshape(4, 1, 1, 1) * jax.random.normal(jax.random.key(4), (4, 2, 2, 1))
+    x0_hat = jax.vmap(lambda xi, s: denoise(xi[None], s)[0])(x, sigmas)
+    return loss, metrics, grads, vmapped, x0_hat, state
+
+  state = obj.init_state()
+  loss, metrics, grads, vmapped, x0_hat, state = run(
+    {'w': jnp.float32(1.0)}, jax.random.key(3), state
+  )
   simple = metrics.get('mse', metrics['loss_per_example'])
   assert float(jnp.max(simple)) < 1e-4
-  assert np.all((np.asarray(metrics['noise_t']) >= 0) & (np.asarray(metrics['noise_t']) <= 1))
+  noise_t = np.asarray(metrics['noise_t'])
+  assert noise_t.shape == (64,) and np.all((noise_t >= 0) & (noise_t <= 1))
   if case['objective'] != 'iddpm':
     # (For the hybrid loss the remaining term is the variance's L_vlb, which is > 0.)
     assert float(loss) < 1e-3
   tol = 2e-2 if case.get('prediction') == 'eps' else 1e-4
   np.testing.assert_allclose(np.asarray(x0_hat), C, atol=tol)
-  # A wrong model has a clearly positive loss.
-  _, bad, _ = run({'w': jnp.float32(1.3)}, jax.random.key(3))
+  assert vmapped.shape == (2, 64) and np.all(np.isfinite(np.asarray(vmapped)))
+  # A wrong model has a clearly positive loss, a nonzero gradient and no retrace.
+  n_traces = len(traces)
+  _, bad, bad_grads, _, _, _ = run({'w': jnp.float32(1.3)}, jax.random.key(5), state)
+  assert len(traces) == n_traces
   bad = bad.get('mse', bad['loss_per_example'])
   assert float(jnp.mean(bad)) > 1e-4 and float(jnp.mean(bad)) > 1e3 * float(jnp.mean(simple))
+  assert np.isfinite(float(grads['w'])) and abs(float(bad_grads['w'])) > 0
 
 
 # ---------------------------------------------------------------------------
@@ -196,22 +244,24 @@ def test_ncsn_loss_is_minimized_by_the_true_score():
     return l, metrics['loss_per_example']
 
   theta_star = -sigma / (s**2 + sigma**2)  # F* = sigma * score
-  (value, per_ex), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(jnp.float32(theta_star))
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (value, per_ex), grad = value_and_grad(jnp.float32(theta_star))
   se = float(jnp.std(per_ex)) / math.sqrt(b)
   assert abs(float(value) - 0.5 * s**2 / (s**2 + sigma**2)) < 5 * se
   # The gradient at theta* is zero up to Monte Carlo noise; moving away raises the loss.
   x_sq = float(jnp.mean(jnp.square(batch['image']))) + sigma**2
   assert abs(float(grad)) < 5 * math.sqrt(x_sq / (b * 4)) + 1e-3
   for d in (-0.3, 0.3):
-    assert float(jax.jit(loss)(jnp.float32(theta_star + d))[0]) > float(value) + 0.01
+    assert float(value_and_grad(jnp.float32(theta_star + d))[0][0]) > float(value) + 0.01
 
 
 # ---------------------------------------------------------------------------
 # Self-conditioning and label dropout.
 
 
-def _sc_model(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
-              rng=None):
+def _sc_model(
+  params, x, noise_level, label=None, self_cond=None, augment=None, train=False, rng=None
+):
   """pred = w x + self_cond; carry = w x + 1 (so a zeroed carry is visible)."""
   sc = jnp.zeros_like(x) if self_cond is None else self_cond
   pred = params['w'] * x + sc
@@ -234,7 +284,7 @@ def test_self_conditioning_coin_and_stop_gradient():
   expected = 0.7 * np.asarray(x) + np.where(coin[:, None, None, None], first, 0.0)
   np.testing.assert_allclose(np.asarray(pred), expected, rtol=1e-5, atol=1e-5)
   # d/dw mean(pred) = mean(x): the first pass (whose carry also depends on w) adds nothing.
-  grad = jax.grad(lambda p: jnp.mean(run(p)[0]))(params)['w']
+  grad = jax.jit(jax.grad(lambda p: jnp.mean(run(p)[0])))(params)['w']
   np.testing.assert_allclose(float(grad), float(jnp.mean(x)), rtol=1e-4, atol=1e-6)
 
 
@@ -266,7 +316,6 @@ def test_guided_stateful_denoiser():
   def d(lab, carry):
     return c_skip * x + c_out * (c_in * x + lab.reshape(-1, 1, 1, 1) + carry)
 
-
   null = jnp.full_like(label, -1).astype(jnp.float32)
   lab = label.astype(jnp.float32)
   np.testing.assert_allclose(out1, (1 + w) * d(lab, 0.0) - w * d(null, 0.0), rtol=1e-5)
@@ -277,62 +326,6 @@ def test_guided_stateful_denoiser():
     obj.denoiser(apply, {}, label, guidance=w)
   with pytest.raises(ValueError, match='labels'):
     obj.denoiser(apply, {}, None, guidance=1.0, x_shape=x.shape)
-
-
-# ---------------------------------------------------------------------------
-# jit / vmap / grad without retracing, for every objective.
-
-
-ALL_CASES = [
-  dict(objective='chen', self_cond_rate=0.9, label_drop_prob=0.1),
-  dict(objective='ddpm', num_timesteps=20),
-  dict(objective='iddpm', num_timesteps=20, learn_variance=True, loss='hybrid',
-       importance_sampling=True),
-  dict(objective='edm', self_cond_rate=0.5),
-  dict(objective='ncsn', num_levels=10, sigma_max=5.0),
-]
-
-
-@pytest.mark.parametrize('case', ALL_CASES, ids=lambda c: c['objective'])
-def test_loss_jits_vmaps_and_grads_without_retracing(case):
-  obj = create_objective(_cfg(**case))
-  traces = []
-  channels = 2 if obj.config.learn_variance else 1
-
-  def apply(params, x, noise_level, label=None, self_cond=None, augment=None, train=False,
-            rng=None):
-    traces.append(1)
-    sc = 0.0 if self_cond is None else self_cond
-    out = params['w'] * x + params['b'] * noise_level.reshape(-1, 1, 1, 1) * 1e-3 + 0.1 * sc
-    return jnp.tile(jnp.tanh(out), (1, 1, 1, channels)), out
-
-  def loss_fn(params, batch, rng, state):
-    loss, metrics, state = obj.loss(apply, params, batch, rng, state)
-    return loss, (metrics, state)
-
-  step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-
-  def batch_of(seed):
-    k = jax.random.key(seed)
-    return {'image': jax.random.uniform(k, (8, 4, 4, 1), minval=-1, maxval=1),
-            'label': jnp.arange(8, dtype=jnp.int32)}
-
-  params = {'w': jnp.float32(0.5), 'b': jnp.float32(0.1)}
-  state = obj.init_state()
-  (loss, (metrics, state)), grads = step(params, batch_of(0), jax.random.key(0), state)
-  n_traces = len(traces)
-  params2 = {'w': jnp.float32(-0.2), 'b': jnp.float32(0.3)}
-  (loss2, (metrics2, state)), grads2 = step(params2, batch_of(1), jax.random.key(1), state)
-  assert len(traces) == n_traces  # new values, no retrace
-  for out in (loss, loss2, grads['w'], grads2['b']):
-    assert np.isfinite(float(out))
-  assert metrics['loss_per_example'].shape == (8,) and metrics['noise_t'].shape == (8,)
-  assert float(loss) != float(loss2)
-  # vmap over independent rngs.
-  losses = jax.vmap(lambda r: loss_fn(params, batch_of(0), r, obj.init_state())[0])(
-    jax.random.split(jax.random.key(2), 3)
-  )
-  assert losses.shape == (3,) and np.all(np.isfinite(np.asarray(losses)))
 
 
 # ---------------------------------------------------------------------------
@@ -373,6 +366,14 @@ def test_ncsn_sample_runs():
 # Config errors.
 
 
+def _default_config() -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'default.py')
+  spec = importlib.util.spec_from_file_location('default_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 @pytest.mark.parametrize(
   'overrides,match',
   [
@@ -392,9 +393,7 @@ def test_ncsn_sample_runs():
   ],
 )
 def test_config_errors_name_the_key(overrides, match):
-  import configs.default
-
-  cfg = configs.default.get_config()
+  cfg = _default_config()
   diffusion = ml_collections.ConfigDict(cfg.diffusion.to_dict())
   for k, v in overrides.items():
     diffusion[k] = v
@@ -403,9 +402,7 @@ def test_config_errors_name_the_key(overrides, match):
 
 
 def test_default_config_builds_every_objective():
-  import configs.default
-
-  cfg = configs.default.get_config()
+  cfg = _default_config()
   for name in ('chen', 'ddpm', 'iddpm', 'edm', 'ncsn'):
     cfg.diffusion.objective = name
     assert create_objective(cfg.diffusion, cfg.model, cfg.data).config.objective == name

@@ -220,12 +220,45 @@ def test_jit_vmap_grad_no_retrace(name, fn):
   assert np.any(gx != 0), name
 
 
+LEVELS = [
+  ('abar_to_logsnr', P.abar_to_logsnr, (0.05, 0.95)),
+  ('abar_to_edm_sigma', P.abar_to_edm_sigma, (0.05, 0.95)),
+  ('edm_sigma_to_abar', P.edm_sigma_to_abar, (0.01, 50.0)),
+  ('edm_loss_weight', P.edm_loss_weight, (0.01, 50.0)),
+  ('sigma_to_timestep', lambda s: P.edm_sigma_to_timestep(s, _SCHED), (0.05, 5.0)),
+  ('timestep_to_sigma', lambda t: P.timestep_to_edm_sigma(t, _SCHED), (1.5, 90.5)),
+]
+_SCHED = S.DiscreteSchedule.from_name('cosine', 100)
+
+
+@pytest.mark.parametrize('name,fn,bounds', LEVELS, ids=[e[0] for e in LEVELS])
+def test_noise_levels_jit_vmap_grad_no_retrace(name, fn, bounds):
+  traces = []
+
+  @jax.jit
+  def f(x):
+    traces.append(1)
+    return fn(x)
+
+  x1 = jnp.linspace(*bounds, 6, dtype=jnp.float32).reshape(2, 3)
+  x2 = jnp.geomspace(*bounds, 6, dtype=jnp.float32).reshape(2, 3)
+  eager = np.asarray(fn(x1))
+  np.testing.assert_allclose(f(x1), eager, rtol=1e-5)
+  f(x2)
+  assert len(traces) == 1, f'{name} retraced on new values of the same shape'
+  np.testing.assert_allclose(jax.vmap(fn)(x1), eager, rtol=1e-5)
+  grads = jax.vmap(jax.grad(fn))(x1.reshape(-1))
+  assert np.all(np.isfinite(grads)) and np.all(grads != 0), (name, grads)
+
+
 @pytest.mark.parametrize(
   'call,match',
   [
     (lambda: P.predict_x0_eps(jnp.zeros(2), jnp.zeros(2), 0.5, 'score'), 'kind'),
     (lambda: P.normalize_input(jnp.zeros((1, 2)), 0.5, 1.0, 'batch'), 'mode'),
     (lambda: P.model_to_edm(jnp.zeros(2), 0.5, scale=0.0), 'scale'),
+    (lambda: P.clip_x0(jnp.zeros(2), scale=-1.0), 'scale'),
+    (lambda: P.normalize_input(jnp.zeros((1, 2)), 0.5, 0.0, 'analytic'), 'scale'),
   ],
 )
 def test_bad_arguments_raise(call, match):

@@ -314,6 +314,19 @@ def test_technique_4_cifar10_step_size():
     assert abs(float(S.ncsn_variance_ratio(eps * f, ratio, 0.01, 5)) - 1) >= abs(value - 1) - 1e-6
 
 
+@pytest.mark.parametrize('ratio,T', [(1.001, 100), (1.01, 50), (1.2, 1)])
+def test_technique_4_solver_matches_brute_force(ratio, T):
+  sigma_l = 0.01
+  a = np.geomspace(1e-12, 1 - 1e-9, 400_001)  # eps / sigma_L^2
+  value = (1 - a) ** (2 * T) * (ratio**2 - 2 / (2 - a)) + 2 / (2 - a)
+  best = np.min(np.abs(value - 1))
+  eps = S.ncsn_solve_step_size(ratio, sigma_l, T)
+  a_hat = eps / sigma_l**2
+  got = abs((1 - a_hat) ** (2 * T) * (ratio**2 - 2 / (2 - a_hat)) + 2 / (2 - a_hat) - 1)
+  assert got <= best + 1e-9
+  assert 0 < eps < sigma_l**2
+
+
 @pytest.mark.parametrize('eps,T', [(6.2e-6, 5), (2e-5, 3), (1e-6, 100)])
 def test_proposition_3_against_langevin_variance_recursion(eps, T):
   ratio, sigma_l, sigma_i = 1.0376, 0.01, 0.7

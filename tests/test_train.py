@@ -42,9 +42,7 @@ def _assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
 def test_one_step_on_8_devices_equals_1_device(config):
   assert jax.device_count() == 8
   setup8 = train.create_train_setup(config, sharding_lib.create_mesh(1))
-  setup1 = train.create_train_setup(
-    config, sharding_lib.create_mesh(1, devices=jax.devices()[:1])
-  )
+  setup1 = train.create_train_setup(config, sharding_lib.create_mesh(1, devices=jax.devices()[:1]))
   state8 = setup8.init_state(jax.random.PRNGKey(3))
   state1 = jax.device_put(jax.device_get(state8), setup1.state_sharding)
   batch = next(input_pipeline.create_input_iter(config.data, 16, seed=0))  # numpy, global
@@ -74,9 +72,7 @@ def test_straight_run_trains_and_writes_samples(straight_run, config):
   assert diff > 0
 
 
-def test_killed_run_resumes_from_last_save_and_matches_straight_run(
-  straight_run, config, tmp_path
-):
+def test_killed_run_resumes_from_last_save_and_matches_straight_run(straight_run, config, tmp_path):
   workdir = str(tmp_path)
 
   def crash_at_5(step, state):

@@ -1,6 +1,8 @@
 """Sample-quality and likelihood evaluation: FID, Inception Score, precision/recall, NLL, digits.
 
-`evaluate(config, workdir, sample_fn)` is what `main.py --mode=eval` calls.
+`evaluate(config, workdir, sample_fn)` is what `main.py --mode=eval` calls. The package attribute
+`evaluate` is that function; the module of the same name is
+`importlib.import_module('diffusion_jax.evaluation.evaluate')`.
 """
 
 from diffusion_jax.evaluation.evaluate import EvalSettings, evaluate
@@ -11,8 +13,6 @@ from diffusion_jax.evaluation.inception import (
   InceptionWeightsNotFoundError,
   load_inception_variables,
 )
-from diffusion_jax.evaluation.inception_score import inception_score
-from diffusion_jax.evaluation.precision_recall import precision_recall
 from diffusion_jax.evaluation.reference_stats import load_reference_stats, save_reference_stats
 
 __all__ = [
@@ -24,9 +24,7 @@ __all__ = [
   'evaluate',
   'feature_statistics',
   'frechet_distance',
-  'inception_score',
   'load_inception_variables',
   'load_reference_stats',
-  'precision_recall',
   'save_reference_stats',
 ]

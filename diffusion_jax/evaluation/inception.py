@@ -283,6 +283,7 @@ def save_variables_npz(variables: Variables, path: str) -> None:
   np.savez(path, **flatten_variables(variables))
 
 
+@functools.lru_cache(maxsize=4)
 def expected_variable_shapes(num_classes: int = NUM_LOGITS) -> dict[str, tuple[int, ...]]:
   """The flat key -> shape table of the FID Inception (computed abstractly, no FLOPs)."""
   model = InceptionV3(resize=None, num_classes=num_classes)
@@ -401,6 +402,8 @@ class InceptionFeatureExtractor:
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
       raise ValueError(f'images must be [N, H, W, C]; got shape {images.shape}.')
+    if images.shape[-1] == 1:  # gray -> RGB here, so 1- and 3-channel inputs share a compile
+      images = np.repeat(images, 3, axis=-1)
     if self.quantize:
       images = quantize_images(images)
     outputs = {'pool': [], 'logits': []}

@@ -186,6 +186,8 @@ class Objective:
         lambda x: call(x, jnp.ones(()), label, None)[1], jax.ShapeDtypeStruct(x_shape, jnp.float32)
       )
       init_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
+      if not jax.tree.leaves(init_state):  # the model carries nothing: stateless after all
+        stateful, init_state = False, None
 
     if label is None:
       if stateful:
