@@ -41,7 +41,8 @@ _START = time.time()
 
 
 def _log(message: str) -> None:
-  print(f'[{time.time() - _START:6.1f} s] {message}', file=sys.stderr, flush=True)
+  wall, cpu = time.time() - _START, time.process_time()
+  print(f'[{wall:6.1f} s, cpu {cpu:6.1f} s] {message}', file=sys.stderr, flush=True)
 
 
 def _set_device_count(devices: int) -> None:
@@ -52,12 +53,30 @@ def _set_device_count(devices: int) -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
-def load_config(spec: str):
-  """'digits:tiny' -> configs/digits.py get_config('tiny')."""
+def load_config(spec: str, overrides: list[str] | None = None):
+  """'digits:tiny' -> configs/digits.py get_config('tiny'), then 'a.b=value' overrides."""
+  import ast
   import importlib
 
   name, _, arg = spec.partition(':')
-  return importlib.import_module(f'configs.{name}').get_config(arg)
+  config = importlib.import_module(f'configs.{name}').get_config(arg)
+  for item in overrides or []:
+    key, sep, text = item.partition('=')
+    if not sep:
+      raise ValueError(
+        f'--set expects key=value (e.g. diffusion.self_cond_rate=0.0), got {item!r}.'
+      )
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node, *path = key.split('.')
+    parent = config
+    for part in [node, *path][:-1]:
+      parent = parent[part]
+    old = parent[[node, *path][-1]]
+    parent[[node, *path][-1]] = type(old)(value) if old is not None else value
+  return config
 
 
 def flatten(tree, prefix: str) -> dict:
@@ -102,7 +121,7 @@ def run_process(args) -> dict:
   from diffusion_jax import sharding as sharding_lib
 
   _log(f'process {jax.process_index()} of {jax.process_count()}: {jax.device_count()} devices')
-  config = load_config(args.config)
+  config = load_config(args.config, args.set)
   batch_size = int(config.training.batch_size)
   mesh = sharding_lib.create_mesh(int(config.training.mesh_fsdp))
   setup = train.create_train_setup(config, mesh)
@@ -136,7 +155,10 @@ def run_process(args) -> dict:
       losses.append(metrics['loss'])
     data.close()
   # Process 0 .. N-1 all get the full values of the (replicated or sharded) global arrays.
-  gather = multihost_utils.process_allgather if jax.process_count() > 1 else jax.device_get
+  if jax.process_count() > 1:
+    gather = lambda tree: multihost_utils.process_allgather(tree, tiled=True)
+  else:
+    gather = jax.device_get
   host = gather(
     {'params': state.params, 'ema_params': state.ema_params, 'step': state.step, 'loss': losses}
   )
@@ -185,6 +207,7 @@ def child_command(
   config: str,
   seed: int,
   timeout: int,
+  overrides: tuple[str, ...] = (),
 ) -> list[str]:
   """The command line of one process (run from the repository root)."""
   return [
@@ -201,6 +224,7 @@ def child_command(
     f'--seed={seed}',
     f'--timeout={timeout}',
     f'--out={out}',
+    *(f'--set={item}' for item in overrides),
   ]
 
 
@@ -214,6 +238,7 @@ def launch_job(
   config: str = DEFAULT_CONFIG,
   seed: int = 0,
   timeout: int = 120,
+  overrides: tuple[str, ...] = (),
 ) -> list[str]:
   """Runs `num_processes` processes of one job on this machine; returns their output files.
 
@@ -240,6 +265,7 @@ def launch_job(
       config=config,
       seed=seed,
       timeout=timeout,
+      overrides=overrides,
     )
     procs.append(
       subprocess.Popen(
@@ -291,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     default=0,
     help='further steps fed by the multi-host input pipeline',
   )
+  parser.add_argument(
+    '--set',
+    action='append',
+    default=[],
+    help='config override key=value (repeatable), e.g. training.batch_size=32',
+  )
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--timeout', type=int, default=180, help='seconds')
   parser.add_argument('--out', default=None, help=".npz file for this process's result")
@@ -302,7 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-      common = dict(steps=args.steps, config=args.config, seed=args.seed, timeout=args.timeout)
+      common = dict(
+        steps=args.steps,
+        config=args.config,
+        seed=args.seed,
+        timeout=args.timeout,
+        overrides=tuple(args.set),
+      )
       multi = launch_job(tmp, num_processes=args.launch, devices=args.devices_per_process, **common)
       single = launch_job(
         tmp, num_processes=1, devices=args.launch * args.devices_per_process, **common

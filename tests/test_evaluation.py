@@ -300,7 +300,7 @@ def test_evaluate_count_sampler_and_fid_wiring(monkeypatch, tmp_path):
   # The Inception network is replaced by a fixed linear feature map (no compile): this
   # checks the plumbing (batches, statistics, reference file, IS, JSON), not the network.
   rng = np.random.default_rng(9)
-  proj = rng.standard_normal((256, 2048)) / 16
+  proj = rng.standard_normal((256, 40)) / 16  # 40-d 'pool' features: a cheap Frechet
 
   class FakeExtractor:
     def __init__(self, variables, batch_size):
@@ -308,7 +308,7 @@ def test_evaluate_count_sampler_and_fid_wiring(monkeypatch, tmp_path):
 
     def __call__(self, images):
       feats = images.reshape(len(images), -1) @ proj
-      return {'pool': feats, 'logits': feats[:, :1008]}
+      return {'pool': feats, 'logits': feats[:, :12]}
 
   monkeypatch.setattr(evaluate.inception, 'load_inception_variables', lambda path: {})
   monkeypatch.setattr(evaluate.inception, 'InceptionFeatureExtractor', FakeExtractor)
@@ -331,13 +331,13 @@ def test_evaluate_count_sampler_and_fid_wiring(monkeypatch, tmp_path):
   assert seen == [64, 64, 22]
   all_x = np.concatenate(
     [np.random.default_rng(i).uniform(-1, 1, (n, 16, 16, 1)) for i, n in zip((1, 2, 3), seen)]
-  )
-  feats = inception.quantize_images(all_x).reshape(150, -1) @ proj
+  ).astype(np.float32)
+  feats = all_x.reshape(150, -1) @ proj  # the fake extractor sees the images as sampled
   want = frechet.frechet_distance(
     *frechet.feature_statistics(feats), *frechet.feature_statistics(ref_feats)
   )
-  np.testing.assert_allclose(results['fid'], want, rtol=1e-6)
-  want_is = inception_score.inception_score(feats[:, :1008], 10)
+  np.testing.assert_allclose(results['fid'], want, rtol=1e-8)
+  want_is = inception_score.inception_score(feats[:, :12], 10)
   np.testing.assert_allclose(results['inception_score'], want_is[0], rtol=1e-6)
 
 
@@ -361,7 +361,7 @@ def test_evaluate_fails_before_sampling(tmp_path):
 
 def test_evaluate_nll_with_given_fn(tmp_path, test_split):
   images, labels = test_split
-  batches = [{'image': images[i : i + 50], 'label': labels[i : i + 50]} for i in range(0, 120, 50)]
+  batches = [{'image': images[i : i + 50], 'label': labels[i : i + 50]} for i in range(0, 150, 50)]
   seen = []
 
   def nll_fn(x, y, rng):  # a stand-in bound: checks quantized inputs and the averaging
@@ -372,7 +372,7 @@ def test_evaluate_nll_with_given_fn(tmp_path, test_split):
     _config(('nll',), objective='ddpm'), str(tmp_path), None, nll_fn=nll_fn, nll_batches=batches
   )
   x = np.concatenate(seen)
-  np.testing.assert_allclose(x, inception.quantize_images(images[:120]))
-  per = 3.0 + x.reshape(120, -1).mean(1)
+  np.testing.assert_allclose(x, inception.quantize_images(images[:150]))
+  per = 3.0 + x.reshape(150, -1).mean(1)
   np.testing.assert_allclose(results['nll_bpd'], per.mean(), rtol=1e-6)
-  np.testing.assert_allclose(results['nll_bpd_stderr'], per.std(ddof=1) / np.sqrt(120), rtol=1e-6)
+  np.testing.assert_allclose(results['nll_bpd_stderr'], per.std(ddof=1) / np.sqrt(150), rtol=1e-6)

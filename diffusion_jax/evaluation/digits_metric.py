@@ -124,7 +124,7 @@ class DigitsClassifier:
 
 
 def train_classifier(
-  image_size: int, *, seed: int = 0, num_steps: int = 1500, batch_size: int = 128
+  image_size: int, *, seed: int = 0, num_steps: int = 600, batch_size: int = 128
 ) -> DigitsClassifier:
   """Trains the digits classifier on the train split (deterministic given seed; seconds on CPU)."""
   images, labels = load_digits('train', image_size)

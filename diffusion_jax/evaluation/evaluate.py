@@ -415,7 +415,7 @@ def evaluate(
   t0 = time.time()
 
   if any(m in SAMPLE_METRICS for m in wanted):
-    pool_stats = frechet.RunningStatistics(inception.NUM_POOL_FEATURES)
+    pool_stats = None
     logits, pr_feats, digit_images, digit_labels = [], [], [], []
     for images, labels in sample_batches(sample_fn, settings):
       if digits is not None:
@@ -423,6 +423,8 @@ def evaluate(
         digit_labels.append(labels)
       if extractor is not None:
         out = extractor(images)
+        if pool_stats is None:
+          pool_stats = frechet.RunningStatistics(out['pool'].shape[1])
         pool_stats.update(out['pool'])
         logits.append(out['logits'])
         if 'pr' in wanted and sum(len(f) for f in pr_feats) < PR_MAX_SAMPLES:

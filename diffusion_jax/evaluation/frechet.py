@@ -35,18 +35,20 @@ def _check_stats(mu1, sigma1, mu2, sigma2):
 
 
 def trace_sqrt_product(
-  sigma1: np.ndarray, sigma2: np.ndarray, *, method: str = 'sqrtm', eps: float = 1e-6
+  sigma1: np.ndarray, sigma2: np.ndarray, *, method: str = 'eigh', eps: float = 1e-6
 ) -> float:
   """tr((sigma1 sigma2)^(1/2)) of two covariance matrices, in float64.
 
   Args:
     sigma1: [D, D] symmetric positive semi-definite.
     sigma2: [D, D] symmetric positive semi-definite.
-    method: 'sqrtm' — scipy.linalg.sqrtm of the product, as pytorch-fid and the ADM suite do,
-      retrying with eps * I added to both covariances when the product is singular, and
-      rejecting a result with a significant imaginary part; 'eigh' — the eigenvalues of the
-      symmetric matrix sqrt(S1) S2 sqrt(S1), which has the same spectrum as S1 S2 and needs
-      only symmetric eigensolvers (stable also for rank-deficient covariances).
+    method: 'eigh' (default) — the eigenvalues of the symmetric matrix sqrt(S1) S2 sqrt(S1),
+      which has the same spectrum as S1 S2: only symmetric eigensolvers, stable for
+      rank-deficient covariances, and about twice as fast as 'sqrtm' at D = 2048 (the two agree
+      to ~1e-14 relative on well-conditioned 2048-d statistics). 'sqrtm' —
+      scipy.linalg.sqrtm of the product, as pytorch-fid and the ADM suite do, retrying with
+      eps * I added to both covariances when the product is singular, and rejecting a result
+      with a significant imaginary part.
     eps: diagonal offset of the 'sqrtm' fallback.
 
   Returns:
@@ -88,7 +90,7 @@ def frechet_distance(
   mu2: np.ndarray,
   sigma2: np.ndarray,
   *,
-  method: str = 'sqrtm',
+  method: str = 'eigh',
   eps: float = 1e-6,
 ) -> float:
   """Frechet (2-Wasserstein) distance squared between N(mu1, sigma1) and N(mu2, sigma2).
@@ -100,7 +102,7 @@ def frechet_distance(
     sigma1: [D, D] covariance of the first set.
     mu2: [D] mean of the second (reference) set.
     sigma2: [D, D] covariance of the second set.
-    method: how tr((S1 S2)^(1/2)) is computed ('sqrtm' or 'eigh'; see trace_sqrt_product).
+    method: how tr((S1 S2)^(1/2)) is computed ('eigh' or 'sqrtm'; see trace_sqrt_product).
     eps: diagonal offset of the 'sqrtm' fallback for singular products.
 
   Returns:

@@ -11,6 +11,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from diffusion_jax.models.layers import ATTENTION_IMPLS
+
 MODEL_NAMES = ('rin', 'unet')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -35,6 +37,7 @@ class ModelConfig:
   self_cond: bool = False  # U-Net: extra input channels for the previous prediction.
   augment_dim: int = 0
   dropout: float = 0.0
+  attention_impl: str = 'auto'  # see layers.attention: 'auto' | 'xla' | 'cudnn' | 'einsum'.
   # RIN.
   patch_size: int = 2
   tape_dim: int = 128
@@ -119,6 +122,11 @@ class ModelConfig:
         raise ValueError(
           f'config.model.{key}={getattr(self, key)!r} is not supported; use one of {tuple(DTYPES)}.'
         )
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(
+        f'config.model.attention_impl={self.attention_impl!r} is not supported; use one of '
+        f'{ATTENTION_IMPLS}.'
+      )
     _positive('config.data.image_size', self.image_size)
     _positive('config.data.num_channels', self.num_channels)
     if self.num_classes < 0:

@@ -42,14 +42,29 @@ def sinusoidal_embedding(x: jax.typing.ArrayLike, dim: int, max_period: float = 
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum')
+
+
 def attention(
-  q: jax.Array, k: jax.Array, v: jax.Array, dtype: Dtype = jnp.float32
+  q: jax.Array, k: jax.Array, v: jax.Array, dtype: Dtype = jnp.float32, impl: str = 'auto'
 ) -> jax.Array:
   """Softmax attention per head on `[B, T, H, Dh]` queries and `[B, S, H, Dh]` keys/values.
 
-  The logits and softmax run in float32 even when the inputs are bfloat16.
+  Logits and softmax run in float32 even for bfloat16 inputs. `impl`: 'auto' lets
+  `jax.nn.dot_product_attention` pick (cuDNN flash attention on GPUs where eligible,
+  XLA elsewhere); 'xla' / 'cudnn' force one; 'einsum' spells the two matmuls out, which
+  XLA's CPU backend lays out slightly better (benchmarks/models.py).
+
+  Source: Vaswani et al. 2017, eq. 1.
   """
-  out = jax.nn.dot_product_attention(q, k, v, implementation='xla')  # [B, T, H, Dh]
+  if impl == 'einsum':
+    scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
+    logits = jnp.einsum('bthd,bshd->bhts', q, k, preferred_element_type=jnp.float32) * scale
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum('bhts,bshd->bthd', weights, v).astype(dtype)
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}.')
+  out = jax.nn.dot_product_attention(q, k, v, implementation=None if impl == 'auto' else impl)
   return out.astype(dtype)
 
 
@@ -60,6 +75,7 @@ class SelfAttention(nn.Module):
   """
 
   num_heads: int
+  attention_impl: str = 'auto'
   out_init: Initializer = nn.initializers.xavier_uniform()
   kernel_init: Initializer = nn.initializers.xavier_uniform()
   dtype: Dtype = jnp.float32
@@ -76,7 +92,7 @@ class SelfAttention(nn.Module):
       param_dtype=self.param_dtype,
       name='qkv',
     )(x)  # [B, N, 3, H, Dh]
-    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.dtype)  # [B, N, H, Dh]
+    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.dtype, self.attention_impl)  # [B, N, H, Dh]
     return nn.DenseGeneral(
       dim,
       axis=(-2, -1),
@@ -96,6 +112,7 @@ class CrossAttention(nn.Module):
 
   num_heads: int
   inner_dim: int
+  attention_impl: str = 'auto'
   kernel_init: Initializer = nn.initializers.xavier_uniform()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -113,7 +130,7 @@ class CrossAttention(nn.Module):
     )
     q = dense((self.num_heads, head_dim), 'q')(x)  # [B, T, H, Dh]
     kv = dense((2, self.num_heads, head_dim), 'kv')(context)  # [B, S, 2, H, Dh]
-    out = attention(q, kv[:, :, 0], kv[:, :, 1], self.dtype)  # [B, T, H, Dh]
+    out = attention(q, kv[:, :, 0], kv[:, :, 1], self.dtype, self.attention_impl)  # [B, T, H, Dh]
     return dense(x.shape[-1], 'out', axis=(-2, -1))(out)  # [B, T, D]
 
 

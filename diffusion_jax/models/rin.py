@@ -46,13 +46,14 @@ class TransformerLayer(nn.Module):
   dropout: float
   drop_path: float
   deterministic: bool
+  attention_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = layers.SelfAttention(self.num_heads, name='attn', **kw)(layers.layer_norm('ln1', **kw)(z))
+    h = layers.SelfAttention(self.num_heads, self.attention_impl, name='attn', **kw)(layers.layer_norm('ln1', **kw)(z))
     h = nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
     z = z + layers.drop_path(self, h, self.drop_path, self.deterministic)
     h = layers.Mlp(z.shape[-1] * self.mlp_ratio, self.dropout, name='mlp', **kw)(
@@ -78,8 +79,9 @@ class RINBlock(nn.Module):
     cfg = self.config
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype)
     inner = min(cfg.tape_dim, cfg.latent_dim)
+    impl = cfg.attention_impl
     # Read: the tape is not layer-normed as keys/values (as in the reference code).
-    z = z + layers.CrossAttention(cfg.read_write_heads, inner, name='read_attn', **kw)(
+    z = z + layers.CrossAttention(cfg.read_write_heads, inner, impl, name='read_attn', **kw)(
       layers.layer_norm('read_ln_q', **kw)(z), x
     )
     z = z + layers.Mlp(cfg.latent_dim * cfg.latent_mlp_ratio, name='read_mlp', **kw)(
@@ -92,10 +94,11 @@ class RINBlock(nn.Module):
         cfg.dropout,
         cfg.drop_path,
         self.deterministic,
+        impl,
         name=f'compute_{k}',
         **kw,
       )(z)
-    x = x + layers.CrossAttention(cfg.read_write_heads, inner, name='write_attn', **kw)(
+    x = x + layers.CrossAttention(cfg.read_write_heads, inner, impl, name='write_attn', **kw)(
       layers.layer_norm('write_ln_q', **kw)(x), layers.layer_norm('write_ln_kv', **kw)(z)
     )
     x = x + layers.Mlp(cfg.tape_dim * cfg.tape_mlp_ratio, name='write_mlp', **kw)(

@@ -86,7 +86,8 @@ class AttnBlock(nn.Module):
     b, hh, ww, c = x.shape
     h = _group_norm('norm', c, **kw)(x).reshape(b, hh * ww, c)
     h = layers.SelfAttention(
-      cfg.num_heads, kernel_init=_default_init, out_init=_zeros, name='attn', **kw
+      cfg.num_heads, cfg.attention_impl, kernel_init=_default_init, out_init=_zeros, name='attn',
+      **kw,
     )(h)
     return (x + h.reshape(b, hh, ww, c)) * cfg.skip_scale
 
