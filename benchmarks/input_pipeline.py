@@ -187,6 +187,12 @@ def main(argv=None) -> None:
     '|---|---|---|---|---|',
     *train_rows,
   ]
+  load = os.getloadavg()[1]
+  body += [
+    '',
+    f'5-minute load average at the end of the run: {load:.1f} on {cores} cores (other jobs '
+    'shared the machine: absolute rates scale with the CPU time this run actually got).',
+  ]
   command = 'python -m benchmarks.input_pipeline' + (' --quick' if quick else '')
   write_section('input_pipeline', 'Input pipeline throughput', '\n'.join(body), command)
 

@@ -130,9 +130,19 @@ def size_table(names, batches) -> tuple[str, list[dict]]:
 def small_rin(attention_impl: str) -> ModelConfig:
   """The 42M-parameter RIN of STACK.md: 32x32, patch 4, tape 256, 128 x 512 latents, 4 x 2."""
   return ModelConfig(
-    name='rin', image_size=32, num_channels=3, num_classes=10, patch_size=4, tape_dim=256,
-    read_write_heads=8, num_latents=128, latent_dim=512, latent_heads=8, num_blocks=4,
-    num_compute_layers=2, attention_impl=attention_impl,
+    name='rin',
+    image_size=32,
+    num_channels=3,
+    num_classes=10,
+    patch_size=4,
+    tape_dim=256,
+    read_write_heads=8,
+    num_latents=128,
+    latent_dim=512,
+    latent_heads=8,
+    num_blocks=4,
+    num_compute_layers=2,
+    attention_impl=attention_impl,
   )
 
 

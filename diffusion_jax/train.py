@@ -12,6 +12,7 @@ Sec. 4 (LAMB, EMA 0.9999, self-conditioning rate 0.9 with the RIN backbone).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -30,6 +31,8 @@ from diffusion_jax import sharding as sharding_lib
 from diffusion_jax.state import TrainState
 
 NUM_LOSS_BUCKETS = 10
+# Dispatched-but-unfinished train steps allowed before the loop waits.
+MAX_STEPS_IN_FLIGHT = 2
 
 StepCallback = Callable[[int, TrainState], None]
 
@@ -335,6 +338,7 @@ def train_and_evaluate(
       log_every, ckpt_every = int(tcfg.log_every), int(tcfg.checkpoint_every)
       sample_every = int(tcfg.sample_every)
       buffer: list[tuple[int, dict]] = []
+      inflight: collections.deque = collections.deque()
       logging.info('Training from step %d to %d.', step, num_steps)
       while step < num_steps:
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -342,6 +346,11 @@ def train_and_evaluate(
           state, metrics = setup.train_step(state, batch)
         step += 1
         buffer.append((step, metrics))
+        # Bound how far Python runs ahead of the devices, so a stop request (SIGTERM
+        # grace periods are short) is served within a couple of steps.
+        inflight.append(metrics['loss'])
+        if len(inflight) > MAX_STEPS_IN_FLIGHT:
+          jax.block_until_ready(inflight.popleft())
         if step_callback is not None:
           step_callback(step, state)
         for hook in hooks:

@@ -128,6 +128,13 @@ def run_process(args) -> dict:
   state = setup.init_state(jax.random.PRNGKey(args.seed))
   _log('state initialized')
 
+  # Process 0 .. N-1 all get the full values of the (replicated or sharded) global arrays.
+  if jax.process_count() > 1:
+    gather = lambda tree: multihost_utils.process_allgather(tree, tiled=True)
+  else:
+    gather = jax.device_get
+  init_params = gather(state.params)
+
   # Identical global batches in every process: the pipeline as one simulated host.
   data = input_pipeline.create_input_iter(
     config.data, batch_size, seed=args.seed, process_index=0, process_count=1
@@ -141,24 +148,6 @@ def run_process(args) -> dict:
     losses.append(metrics['loss'])
     _log(f'step {len(losses)} done')
   data.close()
-  if args.pipeline_steps:
-    # The real multi-host input path: each process reads its own part of the data.
-    data = input_pipeline.create_input_iter(
-      config.data,
-      batch_size,
-      seed=args.seed,
-      start_step=args.steps,
-      sharding=setup.batch_sharding,
-    )
-    for _ in range(args.pipeline_steps):
-      state, metrics = setup.train_step(state, next(data))
-      losses.append(metrics['loss'])
-    data.close()
-  # Process 0 .. N-1 all get the full values of the (replicated or sharded) global arrays.
-  if jax.process_count() > 1:
-    gather = lambda tree: multihost_utils.process_allgather(tree, tiled=True)
-  else:
-    gather = jax.device_get
   host = gather(
     {'params': state.params, 'ema_params': state.ema_params, 'step': state.step, 'loss': losses}
   )
@@ -168,6 +157,37 @@ def run_process(args) -> dict:
   out['loss'] = np.asarray(host['loss'], np.float64)
   out['process_count'] = np.asarray(jax.process_count())
   out['device_count'] = np.asarray(jax.device_count())
+  out['local_device_count'] = np.asarray(jax.local_device_count())
+  out['update_norm'] = np.sqrt(
+    sum(
+      np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+      for a, b in zip(jax.tree.leaves(host['params']), jax.tree.leaves(init_params))
+    )
+  )
+
+  if args.pipeline_steps:
+    # The real multi-host input path: each process reads its own part of the data set.
+    data = input_pipeline.create_input_iter(
+      config.data,
+      batch_size,
+      seed=args.seed,
+      start_step=args.steps,
+      sharding=setup.batch_sharding,
+    )
+    pipeline_losses, local_labels = [], []
+    for _ in range(args.pipeline_steps):
+      batch = next(data)
+      local_labels += [np.asarray(s.data) for s in batch['label'].addressable_shards]
+      state, metrics = setup.train_step(state, batch)
+      pipeline_losses.append(metrics['loss'])
+      _log(f'input-pipeline step {len(pipeline_losses)} done')
+    data.close()
+    final = gather({'params': state.params, 'loss': pipeline_losses})
+    out['pipeline_loss'] = np.asarray(final['loss'], np.float64)
+    out['pipeline_checksum'] = np.asarray(
+      [np.sum(np.abs(np.asarray(x, np.float64))) for x in jax.tree.leaves(final['params'])]
+    )
+    out['pipeline_local_labels'] = np.concatenate(local_labels)
   return out
 
 

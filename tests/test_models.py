@@ -47,7 +47,7 @@ def shrink(config, **overrides):
   m.tape_dim, m.latent_dim = 16, 16
   m.read_write_heads, m.latent_heads = 2, 2
   m.num_latents = 8
-  m.num_blocks, m.num_compute_layers = 2, 1
+  m.num_blocks, m.num_compute_layers = 1, 1
   m.base_channels, m.num_res_blocks, m.num_heads = 8, 1, 2
   m.channel_mults = tuple(m.channel_mults)[:2]
   reachable = [config.data.image_size // 2**i for i in range(len(m.channel_mults))]
@@ -90,8 +90,9 @@ def replace_param(params, suffix, fn):
 
 def inputs(cfg, batch=2, seed=0):
   rng = np.random.default_rng(seed)
-  x = jnp.asarray(rng.normal(size=(batch, cfg.image_size, cfg.image_size, cfg.num_channels)),
-                  jnp.float32)
+  x = jnp.asarray(
+    rng.normal(size=(batch, cfg.image_size, cfg.image_size, cfg.num_channels)), jnp.float32
+  )
   t = jnp.asarray(rng.uniform(0, 1000, size=batch), jnp.float32)
   y = jnp.asarray([3, -1][:batch], jnp.int32)
   return x, t, y

@@ -237,12 +237,13 @@ def protocol(config: Any, settings: EvalSettings) -> dict[str, Any]:
 def _format_protocol(p: dict[str, Any]) -> str:
   guidance = f', guidance w={p["guidance"]:g}' if p['guidance'] else ''
   nfe = p['nfe'] if p['nfe'] is not None else 'unknown'
-  lines = [
-    f'Evaluation protocol: metrics {", ".join(p["metrics"])}; seed {p["seed"]}.',
-    f'  samples: {p["num_samples"]} ({p["labels"]}) from {p["dataset"]} model '
-    f'({p["objective"]}), sampler {p["sampler"]!r}, {p["num_steps"]} steps, NFE {nfe}'
-    f'{guidance}.',
-  ]
+  lines = [f'Evaluation protocol: metrics {", ".join(p["metrics"])}; seed {p["seed"]}.']
+  if p['num_samples']:
+    lines.append(
+      f'  samples: {p["num_samples"]} ({p["labels"]}) from the {p["dataset"]} model '
+      f'({p["objective"]}), sampler {p["sampler"]!r}, {p["num_steps"]} steps, NFE {nfe}'
+      f'{guidance}.'
+    )
   if p['reference']:
     lines.append(f'  reference: {p["reference"]}.')
   if p.get('nll_data'):
@@ -301,6 +302,17 @@ def nll_fn_from_checkpoint(config: Any, workdir: str) -> NllFn:
   params = checkpointing.restore_ema_params(
     workdir, sampling.abstract_params(model, config, mesh), step
   )
+  return make_nll_fn(config, model, objective, params)
+
+
+def make_nll_fn(config: Any, model: Any, objective: Any, params: Any) -> NllFn:
+  """(images, labels, rng) -> bits/dim [B] from a model, its objective and parameters."""
+  if not hasattr(objective, 'nll_bits_per_dim'):
+    raise ValueError(
+      "config.eval.metrics contains 'nll', which needs a discrete-time "
+      f'objective {DISCRETE_OBJECTIVES}; config.diffusion.objective is '
+      f'{config.diffusion.objective!r}.'
+    )
   conditional = int(config.data.num_classes) > 0
 
   @jax.jit

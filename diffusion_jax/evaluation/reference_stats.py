@@ -1,9 +1,12 @@
 """FID reference statistics (mu, sigma) of a real image set, as .npz files.
 
-The files hold float64 arrays `mu` [2048] and `sigma` [2048, 2048] — the keys of the
-reference batches of the ADM evaluation suite (guided-diffusion's `evaluations/`), so its
-published reference files (e.g. VIRTUAL_imagenet64_labeled.npz) load directly, and files
-written here can be read by that suite's statistics loader.
+The files hold float64 arrays `mu` [2048] and `sigma` [2048, 2048], the keys of the reference
+batches of the ADM evaluation suite (guided-diffusion's `evaluations/`), so its published
+reference files (e.g. VIRTUAL_imagenet64_labeled.npz) load here directly. The other way round,
+that suite's reader also expects `mu_s`/`sigma_s` (spatial features for sFID), which this module
+does not compute: feed it the images (`arr_0`) instead. Note that our features come from the
+PyTorch port of the Inception graph with torch-style bilinear resizing, so FIDs against ADM
+statistics can differ slightly from that suite's own numbers.
 
 Command line (needs the converted FID Inception weights):
 
@@ -166,9 +169,11 @@ def main(argv: list[str] | None = None) -> None:
 
   from diffusion_jax.evaluation import inception
 
-  extractor = inception.InceptionFeatureExtractor(
-    inception.load_inception_variables(args.inception_weights), batch_size=args.batch_size
-  )
+  try:
+    variables = inception.load_inception_variables(args.inception_weights)
+  except inception.InceptionWeightsNotFoundError as e:
+    raise SystemExit(str(e)) from None
+  extractor = inception.InceptionFeatureExtractor(variables, batch_size=args.batch_size)
   if args.images_npz:
     batches = npz_image_batches(args.images_npz)
   else:

@@ -91,8 +91,9 @@ class Model:
   def param_shapes(self, batch_size: int = 1) -> Any:
     """Parameter ShapeDtypeStructs, computed without allocating (jax.eval_shape)."""
     cfg = self.config
-    x = jax.ShapeDtypeStruct((batch_size, cfg.image_size, cfg.image_size, cfg.num_channels),
-                             jnp.float32)
+    x = jax.ShapeDtypeStruct(
+      (batch_size, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32
+    )
     t = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
     label = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     return jax.eval_shape(lambda r, x, t, y: self.init(r, x, t, y), jax.random.key(0), x, t, label)

@@ -156,8 +156,12 @@ class ModelConfig:
     for key in ('tape_mlp_ratio', 'latent_mlp_ratio'):
       _positive(f'config.model.{key}', getattr(self, key))
     inner = min(self.tape_dim, self.latent_dim)
-    _divides('config.model.read_write_heads', self.read_write_heads, 'min(tape_dim, latent_dim)', inner)
-    _divides('config.model.latent_heads', self.latent_heads, 'config.model.latent_dim', self.latent_dim)
+    _divides(
+      'config.model.read_write_heads', self.read_write_heads, 'min(tape_dim, latent_dim)', inner
+    )
+    _divides(
+      'config.model.latent_heads', self.latent_heads, 'config.model.latent_dim', self.latent_dim
+    )
     low = self.num_cond_tokens + 1
     high = MAX_LATENTS_PER_TOKEN * self.num_tokens
     if not low <= self.num_latents <= high:
@@ -191,7 +195,9 @@ class ModelConfig:
         f'valid resolutions: {resolutions}.'
       )
     for mult in self.channel_mults:
-      _divides('config.model.num_heads', self.num_heads, 'every level width', self.base_channels * mult)
+      _divides(
+        'config.model.num_heads', self.num_heads, 'every level width', self.base_channels * mult
+      )
     if self.skip_scale <= 0:
       raise ValueError(f'config.model.skip_scale must be > 0, got {self.skip_scale}.')
 

@@ -17,7 +17,9 @@ Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 
-def sinusoidal_embedding(x: jax.typing.ArrayLike, dim: int, max_period: float = 10_000.0) -> jax.Array:
+def sinusoidal_embedding(
+  x: jax.typing.ArrayLike, dim: int, max_period: float = 10_000.0
+) -> jax.Array:
   """Sinusoidal features of a scalar per example, `[sin(x w_k), cos(x w_k)]`.
 
   Source: Vaswani et al. 2017, sec. 3.5; used on the timestep by DDPM (Ho et al. 2020,
@@ -92,7 +94,9 @@ class SelfAttention(nn.Module):
       param_dtype=self.param_dtype,
       name='qkv',
     )(x)  # [B, N, 3, H, Dh]
-    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.dtype, self.attention_impl)  # [B, N, H, Dh]
+    out = attention(
+      qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.dtype, self.attention_impl
+    )  # [B, N, H, Dh]
     return nn.DenseGeneral(
       dim,
       axis=(-2, -1),
@@ -164,9 +168,7 @@ class Mlp(nn.Module):
     )(h)
 
 
-def drop_path(
-  module: nn.Module, x: jax.Array, rate: float, deterministic: bool
-) -> jax.Array:
+def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
   """Stochastic depth: zeroes the whole residual branch `x` per example, rescales the rest.
 
   Source: Huang et al. 2016, "Deep Networks with Stochastic Depth". Uses the

@@ -53,7 +53,9 @@ class TransformerLayer(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = layers.SelfAttention(self.num_heads, self.attention_impl, name='attn', **kw)(layers.layer_norm('ln1', **kw)(z))
+    h = layers.SelfAttention(self.num_heads, self.attention_impl, name='attn', **kw)(
+      layers.layer_norm('ln1', **kw)(z)
+    )
     h = nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
     z = z + layers.drop_path(self, h, self.drop_path, self.deterministic)
     h = layers.Mlp(z.shape[-1] * self.mlp_ratio, self.dropout, name='mlp', **kw)(
@@ -140,7 +142,9 @@ class RIN(nn.Module):
     tape = tape.reshape(batch, grid * grid, cfg.tape_dim)
     tape = layers.layer_norm('stem_ln', **kw)(tape)
     tape_pos = self.param(
-      'tape_pos', nn.initializers.truncated_normal(0.02), (grid * grid, cfg.tape_dim),
+      'tape_pos',
+      nn.initializers.truncated_normal(0.02),
+      (grid * grid, cfg.tape_dim),
       cfg.parameter_dtype,
     )
     tape = tape + tape_pos.astype(dtype)  # [B, N, D]
@@ -159,7 +163,9 @@ class RIN(nn.Module):
       cond.append(nn.Dense(cfg.latent_dim, name='class_proj', **kw)(one_hot)[:, None])
 
     latents = self.param(
-      'latents', nn.initializers.truncated_normal(0.02), (num_learned, cfg.latent_dim),
+      'latents',
+      nn.initializers.truncated_normal(0.02),
+      (num_learned, cfg.latent_dim),
       cfg.parameter_dtype,
     )
     z = jnp.concatenate(

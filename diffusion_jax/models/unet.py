@@ -21,7 +21,10 @@ _default_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 
 def _group_norm(name: str, channels: int, dtype: jnp.dtype, param_dtype: jnp.dtype) -> nn.GroupNorm:
   return nn.GroupNorm(
-    num_groups=group_norm_groups(channels), epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
+    num_groups=group_norm_groups(channels),
+    epsilon=1e-6,
+    dtype=dtype,
+    param_dtype=param_dtype,
     name=name,
   )
 
@@ -59,8 +62,10 @@ class ResBlock(nn.Module):
     h, x = _resample(h, self.resample), _resample(x, self.resample)
     h = conv(self.out_channels, 'conv1')(h)
     e = nn.Dense(
-      self.out_channels * (2 if cfg.scale_shift_norm else 1), kernel_init=_default_init,
-      name='emb_proj', **kw,
+      self.out_channels * (2 if cfg.scale_shift_norm else 1),
+      kernel_init=_default_init,
+      name='emb_proj',
+      **kw,
     )(nn.silu(emb))[:, None, None, :]
     if cfg.scale_shift_norm:
       scale, shift = jnp.split(e, 2, axis=-1)
@@ -86,7 +91,11 @@ class AttnBlock(nn.Module):
     b, hh, ww, c = x.shape
     h = _group_norm('norm', c, **kw)(x).reshape(b, hh * ww, c)
     h = layers.SelfAttention(
-      cfg.num_heads, cfg.attention_impl, kernel_init=_default_init, out_init=_zeros, name='attn',
+      cfg.num_heads,
+      cfg.attention_impl,
+      kernel_init=_default_init,
+      out_init=_zeros,
+      name='attn',
       **kw,
     )(h)
     return (x + h.reshape(b, hh, ww, c)) * cfg.skip_scale
@@ -155,8 +164,12 @@ class UNet(nn.Module):
           h = block(h.shape[-1], f'down_{level}_resample', 'down')(h, emb)
         else:
           h = nn.Conv(
-            h.shape[-1], (3, 3), strides=(2, 2), kernel_init=_default_init,
-            name=f'down_{level}_resample', **kw,
+            h.shape[-1],
+            (3, 3),
+            strides=(2, 2),
+            kernel_init=_default_init,
+            name=f'down_{level}_resample',
+            **kw,
           )(h)
         skips.append(h)
         res //= 2
