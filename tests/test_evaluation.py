@@ -303,8 +303,13 @@ def test_evaluate_digits_with_label_sampler(digits, workdir, test_split, capsys)
     out = np.stack([by_class[c][i % len(by_class[c])] for i, c in enumerate(labels)])
     return np.round((out + 1) * 127.5).astype(np.uint8)
 
-  results = evaluate.evaluate(_config(('digits',)), workdir, sample_fn)
+  config = _config(('digits',))
+  config.eval.save_samples = True
+  results = evaluate.evaluate(config, workdir, sample_fn)
   assert calls == [64, 64, 22]
+  with np.load(os.path.join(workdir, 'eval', 'samples_150x16x16x1.npz')) as saved_npz:
+    assert saved_npz['arr_0'].dtype == np.uint8
+    np.testing.assert_array_equal(saved_npz['arr_1'], np.arange(150) % 10)
   assert results['digits_accuracy'] >= 0.95
   assert results['digits_frechet'] < 5 * results['digits_frechet_real_test'] + 1.0
   with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:

@@ -229,3 +229,102 @@ def test_reproduce_driver_writes_page_figure_and_index(tmp_path):
     assert f'{name}.md' in index
   with pytest.raises(SystemExit):
     reproduce.main(['--only', 'no_such_reproduction'])
+
+
+TPU_POD = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments', 'tpu_pod'
+)
+TPU_SCRIPTS = ('create.sh', 'setup.sh', 'launch.sh', 'logs.sh', 'stop.sh', 'delete.sh')
+
+
+def _dry_run(script, *args, **env):
+  import subprocess
+
+  full_env = {'PATH': os.environ['PATH'], 'HOME': os.environ.get('HOME', '/tmp'), 'DRY_RUN': '1'}
+  full_env.update(env)
+  return subprocess.run(
+    ['bash', os.path.join(TPU_POD, script), *args],
+    env=full_env,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+
+
+def _bash_words(line):
+  """The words of a bash-quoted command line (printf %q output), decoded by bash itself."""
+  import subprocess
+
+  decode = 'eval "words=($1)"; printf "%s\\0" "${words[@]}"'
+  out = subprocess.run(['bash', '-c', decode, '_', line], capture_output=True, text=True)
+  return out.stdout.split('\0')[:-1]
+
+
+def test_tpu_pod_scripts_build_the_gcloud_commands():
+  import shlex
+
+  env = dict(
+    PROJECT='proj-1',
+    ZONE='us-central2-b',
+    TPU_NAME='pod-a',
+    ACCELERATOR_TYPE='v4-32',
+    WORKDIR='gs://bucket/run 1',
+    REPO_URL='https://example.com/r.git',
+    SPOT='1',
+  )
+  commands = {}
+  for script in TPU_SCRIPTS:
+    extra = ('--config.training.batch_size=64',) if script == 'launch.sh' else ()
+    proc = _dry_run(script, *extra, **env)
+    assert proc.returncode == 0, (script, proc.stderr)
+    lines = [_bash_words(line[2:]) for line in proc.stdout.splitlines() if line.startswith('+ ')]
+    assert lines, (script, proc.stdout)
+    commands[script] = lines
+  create = commands['create.sh'][0]
+  assert create[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create']
+  assert create[5] == 'pod-a' and '--spot' in create
+  for flag in (
+    '--project=proj-1',
+    '--zone=us-central2-b',
+    '--accelerator-type=v4-32',
+    '--version=tpu-ubuntu2204-base',
+  ):
+    assert flag in create
+  for script in ('setup.sh', 'launch.sh', 'stop.sh'):
+    ssh = commands[script][-1]
+    assert ssh[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'pod-a']
+    assert '--worker=all' in ssh and '--project=proj-1' in ssh
+  setup = next(a for a in commands['setup.sh'][-1] if a.startswith('--command='))
+  assert 'pip install "jax[tpu]==0.10.2"' in setup and 'pip install -e diffusion_jax' in setup
+  assert 'git clone --depth 1 --branch main https://example.com/r.git diffusion_jax' in setup
+  launch = next(a for a in commands['launch.sh'][-1] if a.startswith('--command='))
+  remote = shlex.split(launch.split('nohup ', 1)[1].split(' > ', 1)[0])
+  assert remote == [
+    'python3',
+    'main.py',
+    '--config=configs/imagenet64.py',
+    '--workdir=gs://bucket/run 1',
+    '--config.training.batch_size=64',
+  ]
+  assert '--worker=0' in commands['logs.sh'][-1]
+  assert commands['delete.sh'][0][4:6] == ['delete', 'pod-a']
+
+
+def test_tpu_pod_scripts_refuse_missing_settings_and_pass_shellcheck():
+  import shutil
+  import subprocess
+
+  proc = _dry_run('launch.sh', PROJECT='proj-1')
+  assert proc.returncode != 0 and 'WORKDIR is not set' in proc.stderr
+  for script in TPU_SCRIPTS + ('env.sh',):
+    path = os.path.join(TPU_POD, script)
+    assert subprocess.run(['bash', '-n', path]).returncode == 0, script
+    if script != 'env.sh':
+      assert os.access(path, os.X_OK), f'{script} is not executable'
+      assert 'set -euo pipefail' in open(path).read()
+  if shutil.which('shellcheck') is None:
+    pytest.skip('shellcheck is not installed')
+  proc = subprocess.run(
+    ['shellcheck', '-x', *TPU_SCRIPTS, 'env.sh'], cwd=TPU_POD, capture_output=True, text=True
+  )
+  assert proc.returncode == 0, proc.stdout

@@ -11,6 +11,11 @@ Metrics (config.eval.metrics):
 - 'nll': negative log-likelihood bound in bits/dim on the test split (discrete-time objectives:
   the full-chain L_vlb of DDPM/iDDPM).
 
+Optional config.eval keys (read with defaults): batch_size (default config.sample.batch_size),
+seed (config.seed), inception_batch_size (200), is_splits (10), nll_split ('test'),
+nll_num_examples (1000), save_samples (False: when True the evaluated samples are written to
+workdir/eval/samples_NxHxWxC.npz in the ADM suite's format, arr_0 uint8 images, arr_1 labels).
+
 Everything a metric needs is checked before sampling starts, so a missing weights file fails in
 seconds rather than after an hour of sampling. The protocol (number of samples, sampler, NFE,
 reference set, seed) is printed and stored with the numbers.
@@ -61,6 +66,7 @@ class EvalSettings:
   is_splits: int
   nll_split: str
   nll_num_examples: int
+  save_samples: bool
   dataset: str
   image_size: int
   num_channels: int
@@ -91,6 +97,7 @@ class EvalSettings:
       is_splits=int(ev.get('is_splits', 10)),
       nll_split=str(ev.get('nll_split', 'test')),
       nll_num_examples=int(ev.get('nll_num_examples', 1000)),
+      save_samples=bool(ev.get('save_samples', False)),
       dataset=str(config.data.name),
       image_size=int(config.data.image_size),
       num_channels=int(config.data.num_channels),
@@ -370,6 +377,17 @@ def _reference_pr_features(path: str, extractor) -> np.ndarray:
   return np.concatenate(feats)
 
 
+def _save_samples_npz(eval_dir: str, saved: list[tuple[np.ndarray, np.ndarray]]) -> str:
+  # The ADM suite's sample-batch format: uint8 images under arr_0, labels under arr_1.
+  images = np.concatenate([s[0] for s in saved])
+  labels = np.concatenate([s[1] for s in saved])
+  os.makedirs(eval_dir, exist_ok=True)
+  path = os.path.join(eval_dir, f'samples_{"x".join(str(d) for d in images.shape)}.npz')
+  np.savez(path, arr_0=images, arr_1=labels)
+  print(f'Saved the evaluated samples to {path}.', flush=True)
+  return path
+
+
 def evaluate(
   config: Any,
   workdir: str,
@@ -428,8 +446,10 @@ def evaluate(
 
   if any(m in SAMPLE_METRICS for m in wanted):
     pool_stats = None
-    logits, pr_feats, digit_images, digit_labels = [], [], [], []
+    logits, pr_feats, digit_images, digit_labels, saved = [], [], [], [], []
     for images, labels in sample_batches(sample_fn, settings):
+      if settings.save_samples:
+        saved.append((np.round((images + 1.0) * 127.5).astype(np.uint8), labels))
       if digits is not None:
         digit_images.append(images)
         digit_labels.append(labels)
@@ -442,6 +462,8 @@ def evaluate(
         if 'pr' in wanted and sum(len(f) for f in pr_feats) < PR_MAX_SAMPLES:
           pr_feats.append(out['pool'])
     results['sampling_and_features_seconds'] = time.time() - t0
+    if saved and jax.process_index() == 0:
+      _save_samples_npz(eval_dir, saved)
     if digits is not None:
       results.update(digits.report(np.concatenate(digit_images), np.concatenate(digit_labels)))
     if 'fid' in wanted:

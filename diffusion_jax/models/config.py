@@ -33,6 +33,7 @@ class ModelConfig:
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   remat: bool = False
+  scan_layers: bool = True  # RIN: blocks and compute layers as lax.scan (fast compiles).
   learn_variance: bool = False
   self_cond: bool = False  # U-Net: extra input channels for the previous prediction.
   augment_dim: int = 0

@@ -51,7 +51,8 @@ class TransformerLayer(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
+  def __call__(self, z: jax.Array, _: None = None) -> tuple[jax.Array, None]:
+    """Maps latents [B, M, D] to latents; (carry, None) in and out so it can be scanned."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.SelfAttention(self.num_heads, self.attention_impl, name='attn', **kw)(
       layers.layer_norm('ln1', **kw)(z)
@@ -62,7 +63,7 @@ class TransformerLayer(nn.Module):
       layers.layer_norm('ln2', **kw)(z), deterministic=self.deterministic
     )
     h = nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
-    return z + layers.drop_path(self, h, self.drop_path, self.deterministic)
+    return z + layers.drop_path(self, h, self.drop_path, self.deterministic), None
 
 
 class RINBlock(nn.Module):
@@ -77,7 +78,11 @@ class RINBlock(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, z: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, carry: tuple[jax.Array, jax.Array], _: None = None
+  ) -> tuple[tuple[jax.Array, jax.Array], None]:
+    """Maps (latents [B, M, Dz], tape [B, N, Dx]) to the same; scannable like the layers."""
+    z, x = carry
     cfg = self.config
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype)
     inner = min(cfg.tape_dim, cfg.latent_dim)
@@ -89,24 +94,35 @@ class RINBlock(nn.Module):
     z = z + layers.Mlp(cfg.latent_dim * cfg.latent_mlp_ratio, name='read_mlp', **kw)(
       layers.layer_norm('read_ln_mlp', **kw)(z)
     )
-    for k in range(cfg.num_compute_layers):
-      z = TransformerLayer(
-        cfg.latent_heads,
-        cfg.latent_mlp_ratio,
-        cfg.dropout,
-        cfg.drop_path,
-        self.deterministic,
-        impl,
-        name=f'compute_{k}',
-        **kw,
-      )(z)
+    layer_args = (cfg.latent_heads, cfg.latent_mlp_ratio, cfg.dropout, cfg.drop_path)
+    layer_args += (self.deterministic, impl)
+    if cfg.scan_layers:
+      z, _ = _scanned(TransformerLayer, cfg.num_compute_layers)(*layer_args, name='compute', **kw)(
+        z, None
+      )
+    else:
+      for k in range(cfg.num_compute_layers):
+        z, _ = TransformerLayer(*layer_args, name=f'compute_{k}', **kw)(z)
     x = x + layers.CrossAttention(cfg.read_write_heads, inner, impl, name='write_attn', **kw)(
       layers.layer_norm('write_ln_q', **kw)(x), layers.layer_norm('write_ln_kv', **kw)(z)
     )
     x = x + layers.Mlp(cfg.tape_dim * cfg.tape_mlp_ratio, name='write_mlp', **kw)(
       layers.layer_norm('write_ln_mlp', **kw)(x)
     )
-    return z, x
+    return (z, x), None
+
+
+def _scanned(module_cls: type[nn.Module], length: int) -> type[nn.Module]:
+  """`length` copies of a layer as one lax.scan: parameters stacked on a leading axis.
+
+  One compiled body instead of `length` unrolled copies keeps compile time flat in depth.
+  """
+  return nn.scan(
+    module_cls,
+    variable_axes={'params': 0},
+    split_rngs={'params': True, 'dropout': True},
+    length=length,
+  )
 
 
 class RIN(nn.Module):
@@ -182,9 +198,13 @@ class RIN(nn.Module):
     )
     z = z + layers.layer_norm('self_cond_ln_out', scale_init=nn.initializers.zeros, **kw)(h)
 
-    block_cls = nn.remat(RINBlock) if cfg.remat else RINBlock
-    for i in range(cfg.num_blocks):
-      z, tape = block_cls(cfg, deterministic=not train, name=f'block_{i}')(z, tape)
+    block_cls = nn.remat(RINBlock, prevent_cse=not cfg.scan_layers) if cfg.remat else RINBlock
+    if cfg.scan_layers:
+      blocks = _scanned(block_cls, cfg.num_blocks)(cfg, not train, name='blocks')
+      (z, tape), _ = blocks((z, tape), None)
+    else:
+      for i in range(cfg.num_blocks):
+        (z, tape), _ = block_cls(cfg, not train, name=f'block_{i}')((z, tape))
 
     # Readout: LN -> Dense(p * p * C_out) -> depth-to-space.
     out = layers.layer_norm('out_ln', **kw)(tape)

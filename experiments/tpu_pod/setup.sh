@@ -20,7 +20,9 @@ fi"
 else
   # Copy the committed state of this checkout to every worker.
   repo_root="$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)"
-  archive="$(mktemp -d)/diffusion_jax.tar.gz"
+  tmpdir="$(mktemp -d)"
+  trap 'rm -rf "${tmpdir}"' EXIT
+  archive="${tmpdir}/diffusion_jax.tar.gz"
   run git -C "${repo_root}" archive --format=tar.gz -o "${archive}" HEAD
   run gcloud compute tpus tpu-vm scp "${archive}" "${TPU_NAME}:diffusion_jax.tar.gz" \
     --project="${PROJECT}" --zone="${ZONE}" --worker=all
