@@ -70,7 +70,12 @@ def test_imagenet64_matches_the_verified_reference_settings():
   assert (d.objective, d.train_schedule, d.scale, d.prediction) == ('chen', 'linear', 1.0, 'eps')
   assert d.self_cond_rate == 0.9
   o = c.optim
-  assert (o.name, o.learning_rate, o.lr_schedule, o.warmup_steps) == ('lamb', 2e-3, 'cosine', 10_000)
+  assert (o.name, o.learning_rate, o.lr_schedule, o.warmup_steps) == (
+    'lamb',
+    2e-3,
+    'cosine',
+    10_000,
+  )
   assert (o.weight_decay, o.ema_decay) == (0.01, 0.9999)
   assert (c.training.batch_size, c.training.num_steps) == (1024, 150_000)
   assert (c.sample.sampler, c.sample.inference_schedule) == ('chen_ddpm', 'cosine')
@@ -105,7 +110,12 @@ def test_cifar10_ddpm_and_iddpm_settings():
   assert tuple(m.attention_resolutions) == (16,) and m.dropout == 0.1
   assert not m.class_conditional
   d = c.diffusion
-  assert (d.objective, d.beta_schedule, d.num_timesteps, d.loss) == ('ddpm', 'linear', 1000, 'simple')
+  assert (d.objective, d.beta_schedule, d.num_timesteps, d.loss) == (
+    'ddpm',
+    'linear',
+    1000,
+    'simple',
+  )
   assert (c.optim.name, c.optim.learning_rate, c.training.batch_size) == ('adam', 2e-4, 128)
   assert c.optim.ema_decay == 0.9999
 
