@@ -1,7 +1,7 @@
 """Network cost: parameters, forward FLOPs, train-step memory, and CPU throughput.
 
     python -m benchmarks.models            # all ImageNet configs (several minutes)
-    python -m benchmarks.models --quick    # ImageNet-64 and -128 only, fewer repeats
+    python -m benchmarks.models --quick    # ImageNet-64 only, fewer repeats
 
 Sizes come from XLA's own analyses of compiled programs lowered on abstract inputs
 (jax.ShapeDtypeStruct), so no full-size array is ever allocated:
@@ -11,11 +11,13 @@ Sizes come from XLA's own analyses of compiled programs lowered on abstract inpu
   is the marginal memory per example (activations kept for the backward pass), with and
   without rematerialisation of the RIN blocks.
 Throughput: a small RIN's forward pass, timed against a 2048x2048 float32 matmul in the
-same process (interleaved, best of N), for each attention implementation.
+same process (interleaved, best of N), for each attention implementation and with the
+RIN blocks unrolled or scanned.
 """
 
 import argparse
 import importlib
+import os
 import sys
 import time
 
@@ -74,24 +76,25 @@ def size_table(names, batches) -> tuple[str, list[dict]]:
   rows = []
   for name in names:
     config = importlib.import_module(f'configs.{name}').get_config()
-    row = {'name': name}
+    start = time.time()
+    # XLA's cost analysis counts a while-loop body once, so FLOPs come from unrolled layers.
+    config.model.scan_layers = False
+    cfg = ModelConfig.from_config(config.model, config.data)
+    model = create_model(cfg)
+    params = model.param_shapes()
+    row = {'name': name, 'cfg': cfg, 'params': count_params(params)}
+    row['gflops'] = forward_gflops(model, params, cfg)
+    config.model.scan_layers = True
     for remat in (False, True):
       config.model.remat = remat
       cfg = ModelConfig.from_config(config.model, config.data)
       model = create_model(cfg)
       params = model.param_shapes()
-      if not remat:
-        row.update(
-          cfg=cfg,
-          params=count_params(params),
-          gflops=forward_gflops(model, params, cfg),
-        )
-      start = time.time()
       small, large = (train_step_bytes(model, params, cfg, b) for b in batches)
       key = 'remat' if remat else 'plain'
       row[f'{key}_per_example'] = (large - small) / (batches[1] - batches[0])
       row[f'{key}_fixed'] = small - batches[0] * row[f'{key}_per_example']
-      print(f'{name} remat={remat}: {time.time() - start:.0f}s to compile', file=sys.stderr)
+    print(f'{name}: {time.time() - start:.0f}s of compiles', file=sys.stderr, flush=True)
     rows.append(row)
 
   base = rows[0]
@@ -110,8 +113,7 @@ def size_table(names, batches) -> tuple[str, list[dict]]:
     )
   lines += [
     '',
-    f'Growth relative to {base["name"]} (pixels grow {(rows[-1]["cfg"].image_size / 64) ** 2:.0f}x '
-    f'from 64 to {rows[-1]["cfg"].image_size}):',
+    f'Growth relative to {base["name"]}:',
     '',
     '| config | pixels | params | fwd FLOPs | train memory / example | with remat |',
     '|---|---|---|---|---|---|',
@@ -127,9 +129,9 @@ def size_table(names, batches) -> tuple[str, list[dict]]:
   return '\n'.join(lines), rows
 
 
-def small_rin(attention_impl: str) -> ModelConfig:
+def small_rin(**overrides) -> ModelConfig:
   """The 42M-parameter RIN of STACK.md: 32x32, patch 4, tape 256, 128 x 512 latents, 4 x 2."""
-  return ModelConfig(
+  kwargs = dict(
     name='rin',
     image_size=32,
     num_channels=3,
@@ -142,22 +144,38 @@ def small_rin(attention_impl: str) -> ModelConfig:
     latent_heads=8,
     num_blocks=4,
     num_compute_layers=2,
-    attention_impl=attention_impl,
   )
+  return ModelConfig(**{**kwargs, **overrides})
+
+
+THROUGHPUT_VARIANTS = {
+  'dot_product_attention (xla), unrolled layers': dict(attention_impl='xla', scan_layers=False),
+  'einsum attention, unrolled layers': dict(attention_impl='einsum', scan_layers=False),
+  'dot_product_attention (xla), scanned layers': dict(attention_impl='xla', scan_layers=True),
+  'einsum attention, scanned layers': dict(attention_impl='einsum', scan_layers=True),
+}
 
 
 def throughput(batch: int, repeats: int) -> str:
   x = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
   t = jnp.full((batch,), 500.0)
   y = jnp.zeros((batch,), jnp.int32)
+  # FLOPs from the unrolled program (cost analysis counts a loop body once); all variants
+  # compute the same function.
+  reference = create_model(small_rin(scan_layers=False))
+  ref_params = reference.param_shapes(batch)
+  flops = (
+    jax.jit(lambda p, x, t, y: reference.apply(p, x, t, y)[0])
+    .lower(ref_params, x, t, y)
+    .compile()
+    .cost_analysis()['flops']
+  )
   variants = {}
-  for impl in ('xla', 'einsum'):
-    cfg = small_rin(impl)
-    model = create_model(cfg)
+  for label, overrides in THROUGHPUT_VARIANTS.items():
+    model = create_model(small_rin(**overrides))
     params = jax.jit(model.init)(jax.random.key(0), x, t, y)
-    fwd = jax.jit(lambda p, x, t, y, m=model: m.apply(p, x, t, y)[0]).lower(params, x, t, y)
-    compiled = fwd.compile()
-    variants[impl] = (compiled, params, compiled.cost_analysis()['flops'], count_params(params))
+    fwd = jax.jit(lambda p, x, t, y, m=model: m.apply(p, x, t, y)[0])
+    variants[label] = (fwd.lower(params, x, t, y).compile(), params)
   a = jax.random.normal(jax.random.key(0), (2048, 2048))
   matmul = jax.jit(lambda a: a @ a).lower(a).compile()
 
@@ -170,39 +188,39 @@ def throughput(batch: int, repeats: int) -> str:
   best = {}
   for _ in range(repeats):  # interleaved, so background load hits every variant alike
     best['matmul'] = min(best.get('matmul', np.inf), timed(matmul, a))
-    for impl, (compiled, params, _, _) in variants.items():
-      best[impl] = min(best.get(impl, np.inf), timed(compiled, params, x, t, y))
+    for label, (compiled, params) in variants.items():
+      best[label] = min(best.get(label, np.inf), timed(compiled, params, x, t, y))
   mm_rate = 2 * 2048**3 / best['matmul'] / 1e9
+  load = ', '.join(f'{v:.1f}' for v in os.getloadavg())
   lines = [
-    f'Small RIN ({variants["xla"][3] / 1e6:.1f}M parameters: 32x32, patch 4, tape 256, '
-    f'128 x 512 latents, 4 blocks x 2 layers), forward at batch {batch}, best of {repeats}; '
-    f'float32 2048x2048 matmul in the same run: **{mm_rate:.0f} GFLOP/s**.',
+    f'Small RIN ({count_params(ref_params) / 1e6:.1f}M parameters: 32x32, patch 4, tape 256, '
+    f'128 x 512 latents, 4 blocks x 2 layers, {flops / batch / 1e9:.2f} GFLOP / image), '
+    f'forward at batch {batch}, best of {repeats} interleaved runs; float32 2048x2048 '
+    f'matmul in the same run: **{mm_rate:.0f} GFLOP/s**. Load average during the run: '
+    f'{load} (other processes share the 2 cores, which lowers both rates).',
     '',
-    '| attention | GFLOP / image | ms / batch | GFLOP/s | share of matmul rate |',
-    '|---|---|---|---|---|',
+    '| variant | ms / batch | GFLOP/s | share of matmul rate |',
+    '|---|---|---|---|',
   ]
-  for impl, (_, _, flops, _) in variants.items():
-    rate = flops / best[impl] / 1e9
-    lines.append(
-      f'| {impl} | {flops / batch / 1e9:.2f} | {best[impl] * 1e3:.0f} | {rate:.0f} | '
-      f'{rate / mm_rate:.0%} |'
-    )
+  for label in variants:
+    rate = flops / best[label] / 1e9
+    lines.append(f'| {label} | {best[label] * 1e3:.0f} | {rate:.0f} | {rate / mm_rate:.0%} |')
   return '\n'.join(lines)
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true', help='ImageNet-64/128 only, fewer repeats')
+  parser.add_argument('--quick', action='store_true', help='ImageNet-64 only, fewer repeats')
   args = parser.parse_args(argv)
-  names = IMAGENET[:2] if args.quick else IMAGENET
-  sizes, _ = size_table(names, batches=(1, 3))
+  names = IMAGENET[:1] if args.quick else IMAGENET
+  sizes, _ = size_table(names, batches=(2, 6))
   speed = throughput(batch=16, repeats=3 if args.quick else 8)
   body = (
     '### Size and cost per ImageNet config\n\n'
     'Forward FLOPs from XLA cost analysis of the compiled forward pass; train memory from '
     'the compiled train step (loss, grad, Adam update; parameters and optimizer state '
-    'donated) at batch 1 and 3: "per example" is the marginal bytes per extra image, '
-    '"fixed" the rest (float32 parameters, gradients, Adam moments). CPU compile, so the '
+    'donated; blocks and layers scanned) at batch 2 and 6: "per example" is the marginal '
+    'bytes per extra image, "fixed" the rest (float32 parameters, gradients, Adam moments). CPU compile, so the '
     'numbers describe XLA CPU buffers; accelerator layouts differ somewhat.\n\n'
     f'{sizes}\n\n### Forward throughput on this CPU\n\n{speed}\n'
   )

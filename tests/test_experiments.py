@@ -90,9 +90,12 @@ def test_chen_fig5_scaling_shift_is_two_log_b():
     np.testing.assert_allclose(
       result['curves'][f'linear, b={b:g}'], np.log((1 - t) * b**2 / t), atol=1e-4
     )
-  # A change of shape is not a constant shift.
+  # Input scaling is a constant shift; a change of shape is not.
   for r in result['shapes']:
-    assert r['diff_range'] > 1.0, r
+    if r['label'].startswith('linear'):
+      assert r['diff_range'] < 1e-5 and r['diff_at'][0.5] == pytest.approx(2 * math.log(0.5))
+    else:
+      assert r['diff_range'] > 1.0, r
 
 
 def _ratio_paper_form(eps, g, s_l, T):

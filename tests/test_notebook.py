@@ -58,7 +58,22 @@ def test_notebook_runs_on_cpu_with_the_tiny_config(tmp_path):
     kernel_name='python3',
     resources={'metadata': {'path': os.path.join(REPO, 'experiments')}},
   )
-  client.execute()
+  # The kernel inherits this environment: one CPU device, as on a CPU-only Colab, and
+  # XLA's quickest compile (the tiny model's train step dominates the run time).
+  env = {
+    'XLA_FLAGS': '--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0',
+    'JAX_PLATFORMS': 'cpu',
+  }
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  try:
+    client.execute()
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
   text = '\n'.join(_text(c) for c in nb.cells if c.cell_type == 'code')
   # The install cell found this checkout instead of installing anything.
   assert f'code from {REPO}' in text

@@ -173,12 +173,14 @@ def test_loss_buckets_match_numpy():
 
 def test_summarize_averages_and_reports_buckets():
   def m(loss, b):
+    bucket = np.zeros(10, np.float32)
+    bucket[b] = loss
     return {
       'loss': np.float32(loss),
       'grad_norm': np.float32(1.0),
       'learning_rate': np.float32(0.1 * loss),
       'ema_decay': np.float32(0.5),
-      'loss_bucket_sum': np.eye(10, dtype=np.float32)[b] * loss,
+      'loss_bucket_sum': bucket,
       'loss_bucket_count': np.eye(10, dtype=np.float32)[b],
     }
 
