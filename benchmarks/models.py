@@ -170,10 +170,13 @@ def throughput(batch: int, repeats: int) -> str:
     .compile()
     .cost_analysis()['flops']
   )
-  variants = {}
+  variants, inits = {}, {}
   for label, overrides in THROUGHPUT_VARIANTS.items():
     model = create_model(small_rin(**overrides))
-    params = jax.jit(model.init)(jax.random.key(0), x, t, y)
+    scan = overrides['scan_layers']
+    if scan not in inits:  # parameters depend only on the layout
+      inits[scan] = jax.jit(model.init)(jax.random.key(0), x, t, y)
+    params = inits[scan]
     fwd = jax.jit(lambda p, x, t, y, m=model: m.apply(p, x, t, y)[0])
     variants[label] = (fwd.lower(params, x, t, y).compile(), params)
   a = jax.random.normal(jax.random.key(0), (2048, 2048))
@@ -220,8 +223,9 @@ def main(argv=None) -> None:
     'Forward FLOPs from XLA cost analysis of the compiled forward pass; train memory from '
     'the compiled train step (loss, grad, Adam update; parameters and optimizer state '
     'donated; blocks and layers scanned) at batch 2 and 6: "per example" is the marginal '
-    'bytes per extra image, "fixed" the rest (float32 parameters, gradients, Adam moments). CPU compile, so the '
-    'numbers describe XLA CPU buffers; accelerator layouts differ somewhat.\n\n'
+    'bytes per extra image, "fixed" the rest (float32 parameters, gradients, Adam '
+    'moments). CPU compile, so the numbers describe XLA CPU buffers; accelerator layouts '
+    'differ somewhat.\n\n'
     f'{sizes}\n\n### Forward throughput on this CPU\n\n{speed}\n'
   )
   command = 'python -m benchmarks.models' + (' --quick' if args.quick else '')

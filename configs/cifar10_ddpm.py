@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.prediction = 'eps'
   diffusion.self_cond_rate = 0.0
   diffusion.label_drop_prob = 0.0
+  diffusion.fixed_variance = 'large'  # sigma_t^2 = beta_t; the paper found 'small' similar.
 
   optim = config.optim
   optim.name = 'adam'
@@ -72,7 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
   sample = config.sample
   sample.sampler = 'ddpm'
   sample.num_steps = 1000
-  sample.variance = 'large'  # sigma_t^2 = beta_t; the paper found 'small' similar.
   sample.clip_x0 = True
   sample.guidance = 0.0
   sample.num_samples = 50_000

@@ -43,6 +43,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.num_steps = 500_000
 
   sample = config.sample
-  sample.num_steps = 4000
-  sample.variance = 'learned'
+  sample.num_steps = 4000  # the learned variance (model.learn_variance) drives sampling.
   return config

@@ -45,9 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   sample = config.sample
   sample.sampler = 'langevin'
   sample.num_steps = 232  # one annealing stage per noise level.
-  sample.langevin_steps = 5
-  sample.langevin_eps = 6.2e-6
-  sample.denoise_final = True
+  sample.n_steps_each = 5  # T
+  sample.step_lr = 6.2e-6  # eps
   sample.clip_x0 = False
   config.eval.metrics = ('fid', 'is')
   return config

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from diffusion_jax import config_validation
 from diffusion_jax.models import ModelConfig
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
@@ -23,10 +24,9 @@ ADDED_KEYS = {
   'model.scale_shift_norm',
   'model.resblock_updown',
   'model.skip_scale',
-  'sample.variance',
-  'sample.langevin_steps',
-  'sample.langevin_eps',
-  'sample.denoise_final',
+  'diffusion.fixed_variance',
+  'sample.n_steps_each',
+  'sample.step_lr',
   'sample.sigma_min',
   'sample.sigma_max',
   'sample.rho',
@@ -56,6 +56,7 @@ def test_config_is_valid_and_documents_its_launch_command(name):
   assert cfg.image_size == config.data.image_size
   unknown = flat_keys(config) - flat_keys(default.get_config()) - ADDED_KEYS
   assert not unknown, f'keys missing from configs/default.py: {sorted(unknown)}'
+  config_validation.validate_config(config, num_devices=8)  # as the trainer reads it
 
 
 def test_imagenet64_matches_the_verified_reference_settings():
@@ -117,7 +118,7 @@ def test_cifar10_ddpm_and_iddpm_settings():
     'simple',
   )
   assert (c.optim.name, c.optim.learning_rate, c.training.batch_size) == ('adam', 2e-4, 128)
-  assert c.optim.ema_decay == 0.9999
+  assert c.optim.ema_decay == 0.9999 and c.diffusion.fixed_variance == 'large'
 
   _, c = load('cifar10_iddpm')
   assert (c.diffusion.objective, c.diffusion.beta_schedule, c.diffusion.loss) == (
@@ -133,7 +134,7 @@ def test_cifar10_ncsnv2_constants_satisfy_the_papers_techniques():
   _, c = load('cifar10_ncsnv2')
   d, s = c.diffusion, c.sample
   assert (d.objective, d.sigma_max, d.sigma_min, d.num_levels) == ('ncsn', 50.0, 0.01, 232)
-  assert (s.langevin_steps, s.langevin_eps, c.optim.ema_decay) == (5, 6.2e-6, 0.999)
+  assert (s.n_steps_each, s.step_lr, c.optim.ema_decay) == (5, 6.2e-6, 0.999)
   ratio = (d.sigma_max / d.sigma_min) ** (1 / (d.num_levels - 1))  # gamma = sigma_{i-1}/sigma_i
   dim = c.data.image_size**2 * c.data.num_channels
   # Technique 2: Phi(sqrt(2D)(g-1) + 3g) - Phi(sqrt(2D)(g-1) - 3g); the paper's L gives 0.567.
@@ -142,7 +143,7 @@ def test_cifar10_ncsnv2_constants_satisfy_the_papers_techniques():
   )
   assert abs(crit - 0.567) < 5e-3
   # Technique 4 (Prop. 3): s_T^2 / sigma_i^2 with the configured eps is close to 1 (1.055).
-  eps, sl2, steps = s.langevin_eps, d.sigma_min**2, s.langevin_steps
+  eps, sl2, steps = s.step_lr, d.sigma_min**2, s.n_steps_each
   tail = 2 * eps / (sl2 - sl2 * (1 - eps / sl2) ** 2)
   var_ratio = (1 - eps / sl2) ** (2 * steps) * (ratio**2 - tail) + tail
   assert abs(var_ratio - 1.055) < 0.01

@@ -475,5 +475,9 @@ def test_apply_rejects_wrong_shapes_and_missing_rng():
     model.apply(params, x, t[:1], y)
   with pytest.raises(ValueError, match='rng'):
     model.apply(params, x, t, y, train=True)
+  with pytest.raises(ValueError, match='self_cond'):
+    model.apply(params, x, t, y, self_cond=jnp.zeros((2, 3, cfg.latent_dim)))
+  with pytest.raises(ValueError, match='augment'):
+    model.apply(params, x, t, y, augment=jnp.zeros((2, 4)))
   with pytest.raises(ValueError, match='ModelConfig'):
     create_model({'name': 'rin'})

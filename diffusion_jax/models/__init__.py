@@ -74,6 +74,17 @@ class Model:
     `train=True` enables dropout / drop-path and needs `rng`.
     """
     self._check_inputs(x, noise_level)
+    carry_shape = self.carry_shape(x.shape[0])
+    if self_cond is not None and tuple(self_cond.shape) != carry_shape:
+      raise ValueError(
+        f'self_cond must have the carry shape {carry_shape} (what apply returned), '
+        f'got {tuple(self_cond.shape)}.'
+      )
+    if augment is not None and tuple(augment.shape) != (x.shape[0], self.config.augment_dim):
+      raise ValueError(
+        f'augment must have shape [B, config.model.augment_dim] = '
+        f'({x.shape[0]}, {self.config.augment_dim}), got {tuple(augment.shape)}.'
+      )
     rngs = {}
     if train:
       if rng is None:

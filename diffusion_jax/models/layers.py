@@ -54,8 +54,8 @@ def attention(
 
   Logits and softmax run in float32 even for bfloat16 inputs. `impl`: 'auto' lets
   `jax.nn.dot_product_attention` pick (cuDNN flash attention on GPUs where eligible,
-  XLA elsewhere); 'xla' / 'cudnn' force one; 'einsum' spells the two matmuls out, which
-  XLA's CPU backend lays out slightly better (benchmarks/models.py).
+  XLA elsewhere); 'xla' / 'cudnn' force one; 'einsum' spells the two matmuls out (on
+  this CPU about 25% slower than 'xla' for a whole RIN forward: benchmarks/models.py).
 
   Source: Vaswani et al. 2017, eq. 1.
   """
