@@ -11,7 +11,9 @@ JAX's distributed runtime is initialized first; only process 0 writes logs,
 summaries and images.
 """
 
+import logging as py_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -54,9 +56,33 @@ def default_workdir(config_path: str) -> str:
   return os.path.join('workdir', f'{name}_{arg}' if arg else name)
 
 
+class _QuietLibraries(py_logging.Filter):
+  """Drops the INFO chatter of orbax and the JAX backend probe; keeps warnings."""
+
+  _NOISY = (os.sep + 'orbax' + os.sep, 'xla_bridge.py', 'signaling_client.py')
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno >= py_logging.WARNING:
+      return True
+    return not any(part in record.pathname for part in self._NOISY)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from diffusion_jax.config_validation import ConfigError
+
+  try:
+    _run()
+  except (ConfigError, FileNotFoundError) as e:
+    # A bad config, or a missing data set / weights file / checkpoint: the message
+    # (DatasetMissingError, InceptionWeightsNotFoundError, ...) says what to do.
+    logging.error('%s: %s', type(e).__name__, e)
+    sys.exit(f'error: {e}')
+
+
+def _run():
   # TensorFlow (tfds, clu) must not take the accelerators JAX uses.
   import tensorflow as tf
 

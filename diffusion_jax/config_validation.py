@@ -17,6 +17,10 @@ from diffusion_jax import sharding as sharding_lib
 REQUIRED_SECTIONS = ('data', 'model', 'diffusion', 'optim', 'training', 'sample')
 
 
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the key and the fix."""
+
+
 def _positive_int(config: Any, key: str, minimum: int = 1) -> int:
   value = config.training[key]
   if isinstance(value, bool) or int(value) != value or value < minimum:
@@ -71,7 +75,19 @@ def validate_config(config: Any, num_devices: int | None = None) -> None:
   Args:
     config: the run config (configs/default.py layout).
     num_devices: devices the batch is split over; default jax.device_count().
+
+  Raises:
+    ConfigError: (a ValueError) with the message of the first check that failed.
   """
+  try:
+    _validate(config, num_devices)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
+def _validate(config: Any, num_devices: int | None) -> None:
   for section in REQUIRED_SECTIONS:
     if section not in config:
       raise ValueError(
@@ -84,6 +100,7 @@ def validate_config(config: Any, num_devices: int | None = None) -> None:
 
 
 __all__ = [
+  'ConfigError',
   'build_model_and_objective',
   'validate_config',
   'validate_sampler',
