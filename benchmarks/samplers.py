@@ -93,8 +93,8 @@ def overhead_table(quick: bool, batch: int, nfes: tuple[int, ...] = ()) -> str:
   params = model.init(jax.random.key(1), x, jnp.zeros((batch,)), label)
   _, latents0 = model.apply(params, x, jnp.zeros((batch,)), label)
   latents0 = jnp.zeros_like(latents0)
-  denoise = _chen_bridge(model, params, label)
-  forward = jax.jit(denoise)
+  # Parameters are jit arguments, as in the trainer and `--mode=sample` (not constants).
+  forward = jax.jit(lambda p, x, s, c: _chen_bridge(model, p, label)(x, s, c))
   reps = 1 if quick else 2
   nfes = nfes or ((10, 50) if quick else (10, 50, 250))
   discrete = schedules.DiscreteSchedule.from_name('cosine', 1000)
@@ -102,17 +102,23 @@ def overhead_table(quick: bool, batch: int, nfes: tuple[int, ...] = ()) -> str:
   def make(kind, nfe):
     if kind == 'chen (DDPM)':
       return nfe, jax.jit(
-        lambda z, k: samplers.chen_sample(denoise, z, steps=nfe, rng=k, init_state=latents0)
+        lambda p, z, k: samplers.chen_sample(
+          _chen_bridge(model, p, label), z, steps=nfe, rng=k, init_state=latents0
+        )
       )
     if kind == 'ddpm':
       sched = discrete.respace(schedules.space_timesteps(1000, nfe))
       return nfe, jax.jit(
-        lambda z, k: samplers.ddpm_sample(denoise, z, sched, rng=k, init_state=latents0)
+        lambda p, z, k: samplers.ddpm_sample(
+          _chen_bridge(model, p, label), z, sched, rng=k, init_state=latents0
+        )
       )
     n = (nfe + 1) // 2
     sig = schedules.karras_sigmas(n)
     return samplers.edm_nfe(n), jax.jit(
-      lambda z, k: samplers.edm_sample(denoise, z * sig[0], sig, init_state=latents0)
+      lambda p, z, k: samplers.edm_sample(
+        _chen_bridge(model, p, label), z * sig[0], sig, init_state=latents0
+      )
     )
 
   rows = []
@@ -120,9 +126,9 @@ def overhead_table(quick: bool, batch: int, nfes: tuple[int, ...] = ()) -> str:
   for nfe in nfes:
     for kind in ('chen (DDPM)', 'ddpm', 'edm heun'):
       true_nfe, fn = make(kind, nfe)
-      t_sample, c_sample = _min_time(fn, x, jax.random.key(2), reps=reps)
+      t_sample, c_sample = _min_time(fn, params, x, jax.random.key(2), reps=reps)
       # The forward pass is timed right after, so both see the same machine load.
-      t_fwd, c_fwd = _min_time(forward, x, jnp.float32(1.0), latents0, reps=10)
+      t_fwd, c_fwd = _min_time(forward, params, x, jnp.float32(1.0), latents0, reps=10)
       t_fwd_all.append(t_fwd)
       ratio, c_ratio = t_sample / (true_nfe * t_fwd), c_sample / (true_nfe * c_fwd)
       rows.append(

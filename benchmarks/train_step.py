@@ -1,7 +1,8 @@
 """Train-step throughput: images/s, achieved FLOP/s vs. the matmul peak, trainer overhead.
 
-    python -m benchmarks.train_step            # digits RIN, batch 128
-    python -m benchmarks.train_step --quick    # fewer repetitions
+    python -m benchmarks.train_step                          # digits RIN, batch 128
+    python -m benchmarks.train_step --model=small --batch_size=16   # 42M RIN, 32x32x3
+    python -m benchmarks.train_step --quick                  # fewer repetitions
 
 Measures, in one process on the same devices:
 - the machine's float32 matmul rate (2048 x 2048 jnp.dot), the reference peak;
@@ -59,19 +60,45 @@ def matmul_rate(reps: int) -> float:
   return 2 * n**3 / _time(f, a, b, reps=reps)
 
 
-def run(quick: bool, batch_size: int) -> str:
-  reps = 3 if quick else 10
+# The small RIN of benchmarks/models.py (42M parameters, 32x32x3): big enough that the
+# CPU spends its time in matmuls, as an accelerator does with the ImageNet configs.
+SMALL_RIN = dict(
+  patch_size=4,
+  tape_dim=256,
+  read_write_heads=8,
+  num_latents=128,
+  latent_dim=512,
+  latent_heads=8,
+  num_blocks=4,
+  num_compute_layers=2,
+)
+
+
+def benchmark_config(model: str, batch_size: int):
+  """configs/digits.py (model='digits') or it with the small RIN at 32x32x3."""
   config = digits.get_config()
   config.training.batch_size = batch_size
+  if model == 'small':
+    config.data.image_size = 32
+    config.data.num_channels = 3
+    config.model.update(SMALL_RIN)
+  elif model != 'digits':
+    raise ValueError(f"--model={model!r}: use 'digits' or 'small'.")
+  return config
+
+
+def run(quick: bool, batch_size: int, model_name: str = 'digits') -> str:
+  reps = 3 if quick else 10
+  config = benchmark_config(model_name, batch_size)
   mesh = sharding_lib.create_mesh(1)
   setup = train.create_train_setup(config, mesh)
   model, objective = config_validation.build_model_and_objective(config)
   state = setup.init_state(jax.random.PRNGKey(0))
-  size = config.data.image_size
+  size, channels = config.data.image_size, config.data.num_channels
   rng = np.random.default_rng(0)
   batch = train.to_global_batch(
     {
-      'image': rng.uniform(-1, 1, (batch_size, size, size, 1)).astype(np.float32),
+      'image': rng.uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32),
       'label': rng.integers(0, 10, batch_size).astype(np.int32),
     },
     setup.batch_sharding,
@@ -126,7 +153,9 @@ def run(quick: bool, batch_size: int) -> str:
 
   rest = t_step - t_fb - t_fwd - t_opt - t_ema
   lines = [
-    f'Model: digits RIN (configs/digits.py), {n_params / 1e6:.2f}M parameters, 16x16x1, '
+    f'Model: {model_name} RIN (configs/digits.py'
+    + (' with benchmarks/train_step.SMALL_RIN' if model_name == 'small' else '')
+    + f'), {n_params / 1e6:.2f}M parameters, {size}x{size}x{channels}, '
     f'batch {batch_size}, float32, {jax.device_count()} device(s). Self-conditioning rate '
     f'{config.diffusion.self_cond_rate} (the first pass runs on the whole batch every step). '
     f'Median of {reps} timed calls.',
@@ -159,10 +188,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true', help='fewer repetitions')
   parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--model', default='digits', choices=('digits', 'small'))
   args = parser.parse_args()
-  body = run(args.quick, args.batch_size)
+  body = run(args.quick, args.batch_size, args.model)
   command = 'python -m benchmarks.train_step' + (' --quick' if args.quick else '')
-  report.write_section('train_step', 'Train step: throughput and trainer overhead', body, command)
+  command += f' --model={args.model} --batch_size={args.batch_size}'
+  name = 'train_step' if args.model == 'digits' else f'train_step_{args.model}'
+  title = f'Train step ({args.model} RIN): throughput and trainer overhead'
+  report.write_section(name, title, body, command)
 
 
 if __name__ == '__main__':

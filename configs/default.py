@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.learn_variance = False  # extra output channels for iDDPM's learned variance.
   # RIN.
   model.patch_size = 2
+  # LayerNorm on the patch embeddings. It divides out each token's scale: harmless for
+  # 3-channel patches (1 of 48+ values), a bottleneck for 1-channel 2x2 patches (1 of 4).
+  model.stem_norm = True
   model.tape_dim = 128
   model.tape_mlp_ratio = 2
   model.read_write_heads = 4

@@ -30,6 +30,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   m = config.model
   m.name = 'rin'
   m.patch_size = 2  # 64 interface tokens
+  # A 1-channel 2x2 patch is 4 numbers: a LayerNorm over its embedding would divide out
+  # the token's brightness (300 steps: loss 0.15 without it vs 0.29 with it).
+  m.stem_norm = False
   m.tape_dim = 48
   m.tape_mlp_ratio = 2
   m.read_write_heads = 4

@@ -41,6 +41,7 @@ class ModelConfig:
   attention_impl: str = 'auto'  # see layers.attention: 'auto' | 'xla' | 'cudnn' | 'einsum'.
   # RIN.
   patch_size: int = 2
+  stem_norm: bool = True  # LayerNorm on the patch embeddings (see configs/default.py).
   tape_dim: int = 128
   tape_mlp_ratio: int = 2
   read_write_heads: int = 4

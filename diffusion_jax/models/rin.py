@@ -151,12 +151,13 @@ class RIN(nn.Module):
     grid = cfg.image_size // p
     num_learned = cfg.num_latents - cfg.num_cond_tokens
 
-    # Interface ("tape"): patchify, LN, + learned position embedding.
+    # Interface ("tape"): patchify, LN (optional), + learned position embedding.
     tape = nn.Conv(cfg.tape_dim, (p, p), strides=(p, p), padding='VALID', name='stem', **kw)(
       x.astype(dtype)
     )  # [B, H/p, W/p, D]
     tape = tape.reshape(batch, grid * grid, cfg.tape_dim)
-    tape = layers.layer_norm('stem_ln', **kw)(tape)
+    if cfg.stem_norm:
+      tape = layers.layer_norm('stem_ln', **kw)(tape)
     tape_pos = self.param(
       'tape_pos',
       nn.initializers.truncated_normal(0.02),
