@@ -139,20 +139,39 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def lamb(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-6,
+  weight_decay: float = 0.01,
+) -> optax.GradientTransformation:
+  """LAMB with biases and normalization parameters excluded from weight decay and from
+  the layer-wise trust ratio.
+
+  u = adam(g) + wd * w (decayed leaves only); update = -lr * (|w| / |u|) * u for matrices,
+  -lr * u for the excluded leaves. Without the exclusion a zero-initialized bias or
+  norm scale keeps |w| ~ 0, so its trust ratio pins it near zero for the whole run.
+
+  Source: You et al. 2020 (LAMB), Algorithm 2; the exclusion follows their BERT setup
+  (and Chen 2023's Pix2Seq-based trainer): no decay or adaptation for bias and LayerNorm.
+  """
+  return optax.chain(
+    optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+    optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+    optax.masked(optax.scale_by_trust_ratio(), weight_decay_mask),
+    optax.scale_by_learning_rate(learning_rate),
+  )
+
+
 def create_optimizer(
   cfg: OptimConfig,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The gradient transformation (clip -> LAMB/AdamW/Adam) and its LR schedule."""
   schedule = create_learning_rate_schedule(cfg)
   if cfg.name == 'lamb':
-    opt = optax.lamb(
-      schedule,
-      b1=cfg.b1,
-      b2=cfg.b2,
-      eps=cfg.eps,
-      weight_decay=cfg.weight_decay,
-      mask=weight_decay_mask,
-    )
+    opt = lamb(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
   elif cfg.name == 'adamw':
     opt = optax.adamw(
       schedule,
@@ -194,6 +213,7 @@ def global_norm(tree: Any) -> jax.Array:
 
 
 __all__ = [
+  'lamb',
   'LR_SCHEDULES',
   'OPTIMIZERS',
   'OptimConfig',

@@ -6,6 +6,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from diffusion_jax import optim
@@ -77,7 +78,8 @@ def test_weight_decay_mask_excludes_biases_and_norm_scales():
 
 
 def test_lamb_step_matches_numpy_reference():
-  """One LAMB step (first step, masked weight decay) against a float64 reimplementation."""
+  """One LAMB step against a float64 reimplementation: decay and trust ratio on the kernel
+  only (a bias gets the plain Adam step)."""
   cfg = _cfg(warmup_steps=0, num_steps=10, lr_schedule='constant', weight_decay=0.01)
   tx, _ = optim.create_optimizer(cfg)
   rng = np.random.default_rng(1)
@@ -91,11 +93,24 @@ def test_lamb_step_matches_numpy_reference():
     m = (1 - 0.9) * g / (1 - 0.9)  # bias-corrected first moment at step 1
     v = (1 - 0.999) * g**2 / (1 - 0.999)
     u = m / (np.sqrt(v) + 1e-8) + (0.01 * p if decay else 0.0)
-    ratio = np.linalg.norm(p) / np.linalg.norm(u)
+    ratio = np.linalg.norm(p) / np.linalg.norm(u) if decay else 1.0
     return -2e-3 * ratio * u
 
   np.testing.assert_allclose(np.asarray(updates['kernel']), ref(w, gw, True), rtol=1e-4)
   np.testing.assert_allclose(np.asarray(updates['bias']), ref(b, gb, False), rtol=1e-4)
+
+
+def test_lamb_moves_zero_initialized_biases():
+  # With a trust ratio on the bias, |b| = 0 would keep it at ~0 step after step.
+  cfg = _cfg(warmup_steps=0, num_steps=10, lr_schedule='constant')
+  tx, _ = optim.create_optimizer(cfg)
+  params = {'bias': jnp.zeros((4,)), 'kernel': jnp.ones((2, 2))}
+  grads = {'bias': jnp.ones((4,)), 'kernel': jnp.ones((2, 2))}
+  state = tx.init(params)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(np.asarray(params['bias']), -3 * 2e-3, rtol=1e-3)
 
 
 def test_grad_clip_scales_gradient_to_global_norm():
