@@ -26,7 +26,7 @@ EXTRAS_REQUIRE = {
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
-    'ruff>=0.6',
+    'ruff>=0.17.6,<0.18',  # formatting rules change between minor releases
     'nbclient>=0.10',
     'nbformat>=5.10',
     'ipykernel>=6.29',
