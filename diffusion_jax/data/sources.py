@@ -18,7 +18,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -329,15 +328,6 @@ def _missing_message(name: str, builder, error: BaseException) -> str:
   )
 
 
-def _network_available(host: str = 'storage.googleapis.com', timeout: float = 5.0) -> bool:
-  """True when tfds' download host resolves and accepts a connection (fails fast offline)."""
-  try:
-    socket.create_connection((host, 443), timeout=timeout).close()
-  except OSError:
-    return False
-  return True
-
-
 def get_tfds_builder(name: str, data_dir: str | None):
   """Returns a prepared tfds builder, preparing it when possible, else DatasetMissingError."""
   import tensorflow_datasets as tfds
@@ -350,9 +340,6 @@ def get_tfds_builder(name: str, data_dir: str | None):
       f'data set found in data_dir={data_dir or "the tfds default"}: {e}'
     ) from None
   if not builder.is_prepared():
-    if not _network_available():
-      # tfds would retry its downloads for minutes before giving up.
-      raise DatasetMissingError(_missing_message(name, builder, 'no network connection'))
     try:
       builder.download_and_prepare()
     except Exception as e:  # noqa: BLE001 - AssertionError (manual dir), network errors, ...
