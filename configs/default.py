@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   # LayerNorm on the patch embeddings. It divides out each token's scale: harmless for
   # 3-channel patches (1 of 48+ values), a bottleneck for 1-channel 2x2 patches (1 of 4).
   model.stem_norm = True
+  # Learned tape positions start as 'random' (std 0.02, ViT-style) or 'sincos' (2-D sin-cos
+  # codes of unit scale): the latter gives short runs position information from step 0.
+  model.tape_pos_init = 'random'
   model.tape_dim = 128
   model.tape_mlp_ratio = 2
   model.read_write_heads = 4

@@ -33,6 +33,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # A 1-channel 2x2 patch is 4 numbers: a LayerNorm over its embedding would divide out
   # the token's brightness (300 steps: loss 0.15 without it vs 0.29 with it).
   m.stem_norm = False
+  m.tape_pos_init = 'sincos'  # position codes from step 0 (300 steps: loss 0.12 vs 0.15)
   m.tape_dim = 48
   m.tape_mlp_ratio = 2
   m.read_write_heads = 4

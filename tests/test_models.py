@@ -481,3 +481,17 @@ def test_apply_rejects_wrong_shapes_and_missing_rng():
     model.apply(params, x, t, y, augment=jnp.zeros((2, 4)))
   with pytest.raises(ValueError, match='ModelConfig'):
     create_model({'name': 'rin'})
+
+
+def test_sincos_tape_positions_are_distinct_unit_scale_codes():
+  from diffusion_jax.models import layers
+
+  table = np.asarray(layers.sincos_2d_init(4)(None, (16, 8)))
+  assert table.shape == (16, 8)
+  np.testing.assert_allclose(np.sum(table**2, axis=1), 4.0, rtol=1e-6)  # sin^2 + cos^2 pairs
+  # Row code: token (r, c) and (r, c') share the first half, differ in the second.
+  np.testing.assert_allclose(table[1, :4], table[0, :4])
+  assert not np.allclose(table[1, 4:], table[0, 4:])
+  assert len({tuple(np.round(row, 6)) for row in table}) == 16
+  with pytest.raises(ValueError, match='sin-cos'):
+    layers.sincos_2d_init(4)(None, (16, 6))

@@ -42,6 +42,7 @@ class ModelConfig:
   # RIN.
   patch_size: int = 2
   stem_norm: bool = True  # LayerNorm on the patch embeddings (see configs/default.py).
+  tape_pos_init: str = 'random'  # learned tape positions start 'random' (std 0.02) or 'sincos'.
   tape_dim: int = 128
   tape_mlp_ratio: int = 2
   read_write_heads: int = 4
@@ -124,6 +125,10 @@ class ModelConfig:
         raise ValueError(
           f'config.model.{key}={getattr(self, key)!r} is not supported; use one of {tuple(DTYPES)}.'
         )
+    if self.tape_pos_init not in ('random', 'sincos'):
+      raise ValueError(
+        f"config.model.tape_pos_init={self.tape_pos_init!r} must be 'random' or 'sincos'."
+      )
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(
         f'config.model.attention_impl={self.attention_impl!r} is not supported; use one of '

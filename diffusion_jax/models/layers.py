@@ -44,6 +44,32 @@ def sinusoidal_embedding(
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+def sincos_2d_init(grid: int) -> Initializer:
+  """Initializer of a [grid * grid, D] position table with 2-D sin-cos values.
+
+  Half of the channels encode the row, half the column, each as sin / cos at D/4
+  geometric frequencies (periods 1 ... 10000), so every token starts with a distinct,
+  unit-scale position code instead of a near-zero random one.
+
+  Source: Vaswani et al. 2017, sec. 3.5, extended to 2-D as in He et al. 2022 (MAE).
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    n, dim = shape
+    if n != grid * grid or dim % 4:
+      raise ValueError(f'sin-cos table needs shape [{grid * grid}, 4k]; got {shape}.')
+    freqs = 1.0 / 10000 ** (np.arange(dim // 4) / (dim // 4))  # [D/4]
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing='ij')
+    parts = []
+    for pos in (rows.reshape(-1), cols.reshape(-1)):
+      angles = pos[:, None] * freqs[None, :]  # [N, D/4]
+      parts += [np.sin(angles), np.cos(angles)]
+    return jnp.asarray(np.concatenate(parts, axis=1), dtype)
+
+  return init
+
+
 ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum')
 
 

@@ -158,9 +158,14 @@ class RIN(nn.Module):
     tape = tape.reshape(batch, grid * grid, cfg.tape_dim)
     if cfg.stem_norm:
       tape = layers.layer_norm('stem_ln', **kw)(tape)
+    pos_init = (
+      layers.sincos_2d_init(grid)
+      if cfg.tape_pos_init == 'sincos'
+      else nn.initializers.truncated_normal(0.02)
+    )
     tape_pos = self.param(
       'tape_pos',
-      nn.initializers.truncated_normal(0.02),
+      pos_init,
       (grid * grid, cfg.tape_dim),
       cfg.parameter_dtype,
     )
