@@ -27,6 +27,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import models as models_benchmark  # noqa: E402
 from benchmarks import report  # noqa: E402
 from configs import digits  # noqa: E402
 from diffusion_jax import config_validation, optim, train  # noqa: E402
@@ -62,15 +63,15 @@ def matmul_rate(reps: int) -> float:
 
 # The small RIN of benchmarks/models.py (42M parameters, 32x32x3): big enough that the
 # CPU spends its time in matmuls, as an accelerator does with the ImageNet configs.
-SMALL_RIN = dict(
-  patch_size=4,
-  tape_dim=256,
-  read_write_heads=8,
-  num_latents=128,
-  latent_dim=512,
-  latent_heads=8,
-  num_blocks=4,
-  num_compute_layers=2,
+SMALL_RIN_KEYS = (
+  'patch_size',
+  'tape_dim',
+  'read_write_heads',
+  'num_latents',
+  'latent_dim',
+  'latent_heads',
+  'num_blocks',
+  'num_compute_layers',
 )
 
 
@@ -81,7 +82,8 @@ def benchmark_config(model: str, batch_size: int):
   if model == 'small':
     config.data.image_size = 32
     config.data.num_channels = 3
-    config.model.update(SMALL_RIN)
+    small = models_benchmark.small_rin()
+    config.model.update({k: getattr(small, k) for k in SMALL_RIN_KEYS})
   elif model != 'digits':
     raise ValueError(f"--model={model!r}: use 'digits' or 'small'.")
   return config
@@ -154,7 +156,7 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits') -> str:
   rest = t_step - t_fb - t_fwd - t_opt - t_ema
   lines = [
     f'Model: {model_name} RIN (configs/digits.py'
-    + (' with benchmarks/train_step.SMALL_RIN' if model_name == 'small' else '')
+    + (' with benchmarks/models.small_rin' if model_name == 'small' else '')
     + f'), {n_params / 1e6:.2f}M parameters, {size}x{size}x{channels}, '
     f'batch {batch_size}, float32, {jax.device_count()} device(s). Self-conditioning rate '
     f'{config.diffusion.self_cond_rate} (the first pass runs on the whole batch every step). '
