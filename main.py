@@ -78,7 +78,6 @@ def main(argv):
   except (ConfigError, FileNotFoundError) as e:
     # A bad config, or a missing data set / weights file / checkpoint: the message
     # (DatasetMissingError, InceptionWeightsNotFoundError, ...) says what to do.
-    logging.error('%s: %s', type(e).__name__, e)
     sys.exit(f'error: {e}')
 
 

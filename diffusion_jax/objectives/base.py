@@ -11,6 +11,7 @@ train=False, rng=None) -> (prediction, carry)`.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -49,7 +50,7 @@ def _clip_first(out_state: tuple[Any, Any]) -> tuple[Any, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
+class Objective(abc.ABC):
   """Base class: label dropout, self-conditioning and the guided, stateful denoiser.
 
   Subclasses implement `loss`, `_denoise` and `sample`.
@@ -61,6 +62,7 @@ class Objective:
     """The objective's training state (iDDPM's loss history); `{}` when stateless."""
     return {}
 
+  @abc.abstractmethod
   def loss(
     self,
     apply_fn: Callable,
@@ -71,7 +73,6 @@ class Objective:
     train: bool = True,
   ) -> LossOutput:
     """(scalar loss, metrics with 'loss_per_example' [B] and 'noise_t' [B], new state)."""
-    raise NotImplementedError
 
   def call_model(
     self,
@@ -105,6 +106,7 @@ class Objective:
     )
     return pred
 
+  @abc.abstractmethod
   def _denoise(
     self,
     apply_fn: Callable,
@@ -119,7 +121,6 @@ class Objective:
 
     x0_hat is unclipped; with `return_variance` the output is (x0_hat, v).
     """
-    raise NotImplementedError
 
   def denoiser(
     self,
@@ -206,6 +207,7 @@ class Objective:
       return (lambda x, sigma, state: _clip_first(fn(x, sigma, state))), init_state
     return (lambda x, sigma: _clip_out(fn(x, sigma))), None
 
+  @abc.abstractmethod
   def sample(
     self,
     apply_fn: Callable,
@@ -216,4 +218,3 @@ class Objective:
     sample_cfg: Any,
   ) -> jax.Array:
     """Images [B, H, W, C] in [-1, 1] from unit Gaussian noise with the family's sampler."""
-    raise NotImplementedError
