@@ -1,7 +1,7 @@
 """Train-step throughput: images/s, achieved FLOP/s vs. the matmul peak, trainer overhead.
 
     python -m benchmarks.train_step                          # digits RIN, batch 128
-    python -m benchmarks.train_step --model=small --batch_size=16   # 42M RIN, 32x32x3
+    python -m benchmarks.train_step --model=small --batch_size=8 --attention=einsum  # 40M RIN
     python -m benchmarks.train_step --quick                  # fewer repetitions
 
 Measures, in one process on the same devices:
@@ -81,10 +81,11 @@ SMALL_RIN_KEYS = (
 )
 
 
-def benchmark_config(model: str, batch_size: int):
+def benchmark_config(model: str, batch_size: int, attention: str = 'auto'):
   """configs/digits.py (model='digits') or it with the small RIN at 32x32x3."""
   config = digits.get_config()
   config.training.batch_size = batch_size
+  config.model.attention_impl = attention
   if model == 'small':
     config.data.image_size = 32
     config.data.num_channels = 3
@@ -127,9 +128,9 @@ def bare_loss_fn(model, batch):
   return loss
 
 
-def run(quick: bool, batch_size: int, model_name: str = 'digits') -> str:
+def run(quick: bool, batch_size: int, model_name: str = 'digits', attention: str = 'auto') -> str:
   reps = 3 if quick else 10
-  config = benchmark_config(model_name, batch_size)
+  config = benchmark_config(model_name, batch_size, attention)
   mesh = sharding_lib.create_mesh(1)
   setup = train.create_train_setup(config, mesh)
   model, _ = config_validation.build_model_and_objective(config)
@@ -196,7 +197,8 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits') -> str:
     f'Model: {model_name} RIN (configs/digits.py'
     + (' with benchmarks/models.small_rin' if model_name == 'small' else '')
     + f'), {n_params / 1e6:.2f}M parameters, {size}x{size}x{channels}, '
-    f'batch {batch_size}, float32, {jax.device_count()} device(s). Self-conditioning rate '
+    f'batch {batch_size}, float32, attention {attention!r}, {jax.device_count()} device(s). '
+    f'Self-conditioning rate '
     f'{config.diffusion.self_cond_rate} (the first pass runs on the whole batch every step). '
     f'Best of {reps} timed calls; the matmul reference is the best of its runs before and '
     f'after the rest. Load average at the end (1, 5, 15 min): {load}.',
@@ -231,10 +233,13 @@ def main():
   parser.add_argument('--quick', action='store_true', help='fewer repetitions')
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--model', default='digits', choices=('digits', 'small'))
+  parser.add_argument(
+    '--attention', default='auto', choices=('auto', 'xla', 'einsum'), help='model.attention_impl'
+  )
   args = parser.parse_args()
-  body = run(args.quick, args.batch_size, args.model)
+  body = run(args.quick, args.batch_size, args.model, args.attention)
   command = 'python -m benchmarks.train_step' + (' --quick' if args.quick else '')
-  command += f' --model={args.model} --batch_size={args.batch_size}'
+  command += f' --model={args.model} --batch_size={args.batch_size} --attention={args.attention}'
   name = 'train_step' if args.model == 'digits' else f'train_step_{args.model}'
   title = f'Train step ({args.model} RIN): throughput and trainer overhead'
   report.write_section(name, title, body, command)

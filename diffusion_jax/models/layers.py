@@ -81,13 +81,15 @@ def attention(
   Logits and softmax run in float32 even for bfloat16 inputs. `impl`: 'auto' lets
   `jax.nn.dot_product_attention` pick (cuDNN flash attention on GPUs where eligible,
   XLA elsewhere); 'xla' / 'cudnn' force one; 'einsum' spells the two matmuls out (on
-  this CPU about 25% slower than 'xla' for a whole RIN forward: benchmarks/models.py).
+  this CPU the faster choice for a whole RIN train step, 2.2 vs 2.5 s for the small RIN at
+  batch 8: benchmarks/train_step.py; forward passes alone: benchmarks/models.py).
 
   Source: Vaswani et al. 2017, eq. 1.
   """
   if impl == 'einsum':
-    scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
-    logits = jnp.einsum('bthd,bshd->bhts', q, k, preferred_element_type=jnp.float32) * scale
+    # Scaling q (T x Dh values) instead of the logits (T x S) is the same math, less work.
+    q = q * np.asarray(1.0 / np.sqrt(q.shape[-1]), q.dtype)
+    logits = jnp.einsum('bthd,bshd->bhts', q, k, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum('bhts,bshd->bthd', weights, v).astype(dtype)
   if impl not in ATTENTION_IMPLS:
