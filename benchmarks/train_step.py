@@ -36,19 +36,20 @@ from diffusion_jax import sharding as sharding_lib  # noqa: E402
 from diffusion_jax.state import TrainState  # noqa: E402
 
 
-def _time(fn, *args, reps: int) -> float:
-  """Best wall seconds of fn(*args) (blocked) over `reps` calls, after one warm-up call.
-
-  The best, not the median: on a shared CPU other processes only ever add time, for the
-  matmul reference as much as for the step, so best-of-N is the like-for-like ratio.
-  """
+def _times(fn, *args, reps: int) -> np.ndarray:
+  """Wall seconds of `reps` blocked calls of fn(*args), after one warm-up call."""
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(reps):
     t = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t)
-  return float(np.min(times))
+  return np.asarray(times)
+
+
+def _time(fn, *args, reps: int) -> float:
+  """Best wall seconds of fn(*args) over `reps` calls (other processes only add time)."""
+  return float(np.min(_times(fn, *args, reps=reps)))
 
 
 def _flops(jitted, *args) -> float:
@@ -58,13 +59,12 @@ def _flops(jitted, *args) -> float:
   return float(cost.get('flops', 0.0)) if cost else 0.0
 
 
-def matmul_rate(reps: int) -> float:
-  """FLOP/s of a float32 2048 x 2048 matmul."""
+def matmul_rates(reps: int) -> np.ndarray:
+  """FLOP/s of `reps` calls of a float32 2048 x 2048 matmul."""
   n = 2048
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.dot)
-  return 2 * n**3 / _time(f, a, b, reps=reps)
+  return 2 * n**3 / _times(jax.jit(jnp.dot), a, b, reps=reps)
 
 
 # The small RIN of benchmarks/models.py (42M parameters, 32x32x3): big enough that the
@@ -144,26 +144,30 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits', attention: str
     setup.batch_sharding,
   )
   flops_step, flops_fb = step_flops(config, mesh, batch)
-  peak_before = matmul_rate(reps)
+  # The matmul's short calls vary more than the step's long ones: sample it 4x as often,
+  # half before and half after everything else.
+  peak_runs = [matmul_rates(2 * reps)]
 
-  def timed_step(layout_setup) -> tuple[float, TrainState]:
+  def timed_step(layout_setup) -> tuple[np.ndarray, TrainState]:
     holder = {'state': layout_setup.init_state(jax.random.PRNGKey(0))}
 
     def full_step():  # the state is donated: thread it through
       holder['state'], m = layout_setup.train_step(holder['state'], batch)
       return m['loss']
 
-    return _time(full_step, reps=reps), holder['state']
+    return _times(full_step, reps=reps), holder['state']
 
-  t_step, state = timed_step(setup)
+  step_times, state = timed_step(setup)
+  t_step = float(step_times.min())
   other = ml_collections.ConfigDict(config.to_dict())
   other.model.scan_layers = not config.model.get('scan_layers', True)
-  t_other, _ = timed_step(train.create_train_setup(other, mesh))
+  other_times, _ = timed_step(train.create_train_setup(other, mesh))
   scanned = bool(config.model.get('scan_layers', True))
 
   params = state.params
   fwd_bwd = jax.jit(jax.grad(bare_loss_fn(model, batch)))
-  t_fb = _time(fwd_bwd, params, reps=reps)
+  fb_times = _times(fwd_bwd, params, reps=reps)
+  t_fb = float(fb_times.min())
   x, labels = batch['image'], batch['label']
   noise_level = jnp.full((batch_size,), 500.0)
   fwd = jax.jit(lambda p: model.apply(p, x, noise_level, labels)[1])
@@ -178,14 +182,19 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits', attention: str
   t_opt = _time(opt_update, params, grads, state.opt_state, reps=reps)
   ema = jax.jit(lambda e, p: optim.ema_update(e, p, 0.999))
   t_ema = _time(ema, state.ema_params, params, reps=reps)
-  peak = max(peak_before, matmul_rate(reps))
+  peak_runs.append(matmul_rates(2 * reps))
+  peaks = np.concatenate(peak_runs)
+  peak, peak_median = float(peaks.max()), float(np.median(peaks))
 
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
-  def row(name, t, flops):
-    gf = flops / t / 1e9
-    pct = 100 * gf * 1e9 / peak
-    return f'| {name} | {t * 1e3:.1f} ms | {batch_size / t:.1f} | {gf:.1f} | {pct:.0f}% |'
+  def row(name, times, flops):
+    best, median = float(times.min()), float(np.median(times))
+    return (
+      f'| {name} | {best * 1e3:.1f} / {median * 1e3:.1f} ms | {batch_size / best:.1f} | '
+      f'{flops / best / 1e9:.1f} / {flops / median / 1e9:.1f} | '
+      f'{100 * flops / best / peak:.0f}% / {100 * flops / median / peak_median:.0f}% |'
+    )
 
   def part(name, t):
     return f'| {name} | {t * 1e3:.1f} ms | {100 * t / t_step:.0f}% |'
@@ -200,15 +209,18 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits', attention: str
     f'batch {batch_size}, float32, attention {attention!r}, {jax.device_count()} device(s). '
     f'Self-conditioning rate '
     f'{config.diffusion.self_cond_rate} (the first pass runs on the whole batch every step). '
-    f'Best of {reps} timed calls; the matmul reference is the best of its runs before and '
-    f'after the rest. Load average at the end (1, 5, 15 min): {load}.',
+    f'{reps} timed calls of each program, {4 * reps} of the matmul reference (half before '
+    'and half after the rest); each cell gives the best call / the median call, and the '
+    'percentages compare best with best and median with median. Load average at the end '
+    f'(1, 5, 15 min): {load}.',
     '',
     '| measurement | time / call | images/s | GFLOP/s (XLA cost analysis) | % of matmul rate |',
     '|---|---|---|---|---|',
-    f'| 2048x2048 f32 matmul (peak reference) | | | {peak / 1e9:.1f} | 100% |',
-    row(f'full train step ({layout[0]} layers, as configured)', t_step, flops_step),
-    row(f'full train step ({layout[1]} layers)', t_other, flops_step),
-    row('bare forward+backward (MSE, no self-cond)', t_fb, flops_fb),
+    f'| 2048x2048 f32 matmul (peak reference) | | | {peak / 1e9:.1f} / {peak_median / 1e9:.1f} '
+    '| 100% / 100% |',
+    row(f'full train step ({layout[0]} layers, as configured)', step_times, flops_step),
+    row(f'full train step ({layout[1]} layers)', other_times, flops_step),
+    row('bare forward+backward (MSE, no self-cond)', fb_times, flops_fb),
     '',
     f'Trainer overhead over the bare forward+backward: {(t_step - t_fb) * 1e3:.1f} ms per '
     f'step ({100 * (t_step - t_fb) / t_fb:.0f}%), made of:',
