@@ -100,6 +100,13 @@ def _abstract(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
 
+def with_layout(config, scan_layers: bool):
+  """A copy of `config` with the RIN blocks and layers scanned or unrolled."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.model.scan_layers = scan_layers
+  return copy
+
+
 def step_flops(config, mesh, batch) -> tuple[float, float]:
   """XLA FLOPs of (full train step, bare forward+backward) with the layers unrolled.
 
@@ -107,8 +114,7 @@ def step_flops(config, mesh, batch) -> tuple[float, float]:
   layers under-reports its FLOPs by about blocks x layers; the unrolled program does the
   same arithmetic and is counted in full. Compiled on abstract inputs only.
   """
-  unrolled = ml_collections.ConfigDict(config.to_dict())
-  unrolled.model.scan_layers = False
+  unrolled = with_layout(config, False)
   setup = train.create_train_setup(unrolled, mesh)
   full = _flops(setup.train_step, train.abstract_state(setup), _abstract(batch))
   model, _ = config_validation.build_model_and_objective(unrolled)
@@ -116,14 +122,19 @@ def step_flops(config, mesh, batch) -> tuple[float, float]:
   return full, _flops(jax.jit(jax.grad(bare_loss_fn(model, batch))), params)
 
 
+def network_inputs(batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(images, a fixed noise level, labels): one plain network call's arguments."""
+  x = batch['image']
+  return x, jnp.full(x.shape[:1], 500.0), batch['label']
+
+
 def bare_loss_fn(model, batch):
   """params -> a plain MSE of one network call (no self-conditioning): forward+backward."""
-  x, labels = batch['image'], batch['label']
-  noise_level = jnp.full(x.shape[:1], 500.0)
+  inputs = network_inputs(batch)
 
   def loss(params):
-    pred, _ = model.apply(params, x, noise_level, labels)
-    return jnp.mean((pred - x) ** 2)
+    pred, _ = model.apply(params, *inputs)
+    return jnp.mean((pred - inputs[0]) ** 2)
 
   return loss
 
@@ -159,18 +170,15 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits', attention: str
 
   step_times, state = timed_step(setup)
   t_step = float(step_times.min())
-  other = ml_collections.ConfigDict(config.to_dict())
-  other.model.scan_layers = not config.model.get('scan_layers', True)
-  other_times, _ = timed_step(train.create_train_setup(other, mesh))
   scanned = bool(config.model.get('scan_layers', True))
+  other_times, _ = timed_step(train.create_train_setup(with_layout(config, not scanned), mesh))
 
   params = state.params
   fwd_bwd = jax.jit(jax.grad(bare_loss_fn(model, batch)))
   fb_times = _times(fwd_bwd, params, reps=reps)
   t_fb = float(fb_times.min())
-  x, labels = batch['image'], batch['label']
-  noise_level = jnp.full((batch_size,), 500.0)
-  fwd = jax.jit(lambda p: model.apply(p, x, noise_level, labels)[1])
+  inputs = network_inputs(batch)
+  fwd = jax.jit(lambda p: model.apply(p, *inputs)[1])
   t_fwd = _time(fwd, params, reps=reps)
   grads = fwd_bwd(params)
 

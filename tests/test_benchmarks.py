@@ -13,16 +13,16 @@ from diffusion_jax import sharding as sharding_lib  # noqa: E402
 from diffusion_jax import train  # noqa: E402
 
 
-def _config(num_blocks: int, scan_layers: bool):
+def _scanned_config(num_blocks: int):
   config = digits.get_config('tiny')
   config.model.num_blocks = num_blocks
-  config.model.scan_layers = scan_layers
+  config.model.scan_layers = True
   return config
 
 
 def test_step_flops_count_every_block_even_for_scanned_configs():
   mesh = sharding_lib.create_mesh(1)
-  config = _config(1, True)
+  config = _scanned_config(1)
   size, bs = config.data.image_size, config.training.batch_size
   rng = np.random.default_rng(0)
   host_batch = {
@@ -31,7 +31,7 @@ def test_step_flops_count_every_block_even_for_scanned_configs():
   }
   setup = train.create_train_setup(config, mesh)
   batch = train.to_global_batch(host_batch, setup.batch_sharding)
-  counts = {n: benchmark.step_flops(_config(n, True), mesh, batch) for n in (1, 2, 3)}
+  counts = {n: benchmark.step_flops(_scanned_config(n), mesh, batch) for n in (1, 2, 3)}
   step = {n: c[0] for n, c in counts.items()}
   fwd_bwd = {n: c[1] for n, c in counts.items()}
   # Each block adds the same arithmetic, so the count is affine in the number of blocks
@@ -41,7 +41,7 @@ def test_step_flops_count_every_block_even_for_scanned_configs():
   np.testing.assert_allclose(fwd_bwd[3] - fwd_bwd[2], fwd_bwd[2] - fwd_bwd[1], rtol=0.05)
   # Why the benchmark unrolls: XLA counts a scanned body once, so 3 scanned blocks cost
   # what 1 does.
-  scanned = train.create_train_setup(_config(3, True), mesh)
+  scanned = train.create_train_setup(_scanned_config(3), mesh)
   abstract_batch = benchmark._abstract(batch)
   scanned_count = benchmark._flops(
     scanned.train_step, train.abstract_state(scanned), abstract_batch
