@@ -123,7 +123,13 @@ def get_config() -> ml_collections.ConfigDict:
   sample.sampler = 'chen_ddpm'  # registered sampler name.
   sample.num_steps = 100
   sample.inference_schedule = 'cosine'
+  # chen_ddpm's transition variance: 'large' = 1 - alpha_ts (the authors' code default),
+  # 'small' = the posterior variance (their 'ddpm@small').
+  sample.chen_ddpm_variance = 'large'
   sample.guidance = 0.0  # classifier-free guidance weight w; 0 = off.
+  # Self-conditioning carry under guidance: 'conditional' = both passes read the
+  # conditional branch's latents (the reference sampler); 'separate' = one carry each.
+  sample.guidance_carry = 'conditional'
   sample.num_samples = 100
   sample.batch_size = 100
   sample.clip_x0 = True

@@ -331,3 +331,27 @@ def test_tpu_pod_scripts_refuse_missing_settings_and_pass_shellcheck():
     ['shellcheck', '-x', *TPU_SCRIPTS, 'env.sh'], cwd=TPU_POD, capture_output=True, text=True
   )
   assert proc.returncode == 0, proc.stdout
+
+
+def test_every_config_sets_its_reference_recipe():
+  from experiments import recipes
+
+  problems = [p for name in recipes.RECIPES for p in recipes.check(name)]
+  assert not problems, '\n'.join(problems)
+
+
+def test_recipe_check_names_the_drifted_setting(monkeypatch):
+  from experiments import recipes
+
+  drifted = recipes.load_config('imagenet64')
+  drifted.diffusion.label_drop_prob = 0.1
+  monkeypatch.setattr(recipes, 'load_config', lambda name: drifted)
+  problems = recipes.check('imagenet64')
+  assert len(problems) == 1 and 'diffusion.label_drop_prob = 0.1, reference 0.0' in problems[0]
+
+
+def test_recipes_page_is_up_to_date():
+  from experiments import recipes
+
+  with open(os.path.join(recipes.report.RESULTS_DIR, 'recipes.md')) as f:
+    assert f.read() == recipes.render(), 'run `python -m experiments.recipes` and commit the page'

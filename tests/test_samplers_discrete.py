@@ -149,6 +149,47 @@ def test_chen_ddim_matches_float64_algorithm3():
   np.testing.assert_allclose(np.asarray(got), x0 / b, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize('variance', ['large', 'small'])
+def test_chen_ddpm_matches_float64_reference_transition(variance):
+  # The authors' transition step (pix2seq diffusion_utils.Scheduler.transition_step) in
+  # float64, eps form, replaying the sampler's own per-step noise draws.
+  mu, var, b, steps = np.array([0.2, -0.5]), np.array([0.09, 0.01]), 0.5, 12
+  gauss = samplers.GaussianMixture([1.0], mu[None], np.sqrt(var)[None])
+  z0, key = jax.random.normal(jax.random.key(16), (8, 2)), jax.random.key(17)
+  got = jax.jit(
+    lambda z, k: samplers.chen_sample(
+      gauss.denoise, z, steps=steps, scale=b, method='ddpm', variance=variance, rng=k
+    )
+  )(z0, key)
+  draws = [np.asarray(jax.random.normal(jax.random.fold_in(key, k), (8, 2))) for k in range(steps)]
+  x = np.asarray(z0, np.float64)
+  for step in range(steps):
+    t_now, t_prev = 1 - step / steps, max(1 - (step + 1) / steps, 0.0)
+    g_now, g_prev = (np.clip(np.cos(t * np.pi / 2) ** 2, 1e-9, 1.0) for t in (t_now, t_prev))
+    sigma = np.sqrt(1 - g_now) / (np.sqrt(g_now) * b)
+    x0 = b * _gaussian_x0(mu, var, x / (np.sqrt(g_now) * b), sigma)  # model space: b * x0
+    eps = (x - np.sqrt(g_now) * x0) / np.sqrt(1 - g_now)
+    alpha = np.clip(np.exp(np.log(g_now) - np.log(g_prev)), 0.0, 1.0)
+    mean = (x - (1 - alpha) * eps / np.sqrt(1 - g_now)) / np.sqrt(alpha)
+    v = 1 - alpha if variance == 'large' else (1 - g_prev) / (1 - g_now) * (1 - alpha)
+    x = mean + np.sqrt(v) * draws[step]
+  np.testing.assert_allclose(np.asarray(got), x0 / b, rtol=1e-3, atol=2e-4)
+
+
+def test_chen_ddpm_large_and_small_variance_differ_and_both_match_mixture():
+  @jax.jit
+  def run(z, key):
+    kw = dict(steps=250, rng=key)
+    return tuple(
+      samplers.chen_sample(MIXTURE.denoise, z, variance=v, **kw) for v in ('large', 'small')
+    )
+
+  large, small = run(jax.random.normal(jax.random.key(18), (NUM, 2)), jax.random.key(19))
+  assert np.max(np.abs(np.asarray(large) - np.asarray(small))) > 1e-2  # different paths
+  assert_matches_mixture(MIXTURE, large)
+  assert_matches_mixture(MIXTURE, small)
+
+
 @pytest.mark.parametrize('scale,gamma', [(1.0, 'cosine'), (0.5, 'cosine')])
 def test_chen_ddpm_matches_mixture_and_threads_state(scale, gamma):
   gamma_fn = schedules.get_gamma_schedule(gamma)
@@ -168,6 +209,7 @@ def test_chen_ddpm_matches_mixture_and_threads_state(scale, gamma):
       steps=200,
       gamma_fn=gamma_fn,
       scale=scale,
+      variance='small',  # the posterior: the last state is exactly b * x0
       rng=key,
       init_state=jnp.int32(0),
       return_trajectory=[0, 1, -1],
@@ -191,6 +233,8 @@ def test_bad_arguments_raise_value_errors():
     samplers.chen_sample(d, x, steps=4, scale=-1.0, rng=key)
   with pytest.raises(ValueError, match='rng is required'):
     samplers.chen_sample(d, x, steps=4)
+  with pytest.raises(ValueError, match='variance must be one of'):
+    samplers.chen_sample(d, x, steps=4, variance='fixed', rng=key)
   with pytest.raises(ValueError, match='eta must be in'):
     samplers.ddim_sample(d, x, LINEAR, eta=1.5, rng=key)
   with pytest.raises(ValueError, match='variance must be one of'):

@@ -284,9 +284,11 @@ def test_guidance_combines_conditional_and_unconditional(batched):
   label = jnp.array([0, 1, 2, 1], jnp.int32)
   w = 2.5
 
-  # Stateful: each pass keeps its own state (a per-example counter of its label's calls).
+  # Stateful: the output is shifted by the state it reads; a conditional pass adds 1 to
+  # its state, an unconditional one 10, so the states show which pass wrote them.
   def stateful(x, sigma, lab, state):
-    return _conditional_mixture_denoiser(x, sigma, lab), state + (lab >= 0)
+    out = _conditional_mixture_denoiser(x, sigma, lab) + state[:, None]
+    return out, state + jnp.where(lab >= 0, 1.0, 10.0)
 
   @jax.jit
   def run(x, label):
@@ -294,16 +296,30 @@ def test_guidance_combines_conditional_and_unconditional(batched):
       _conditional_mixture_denoiser, label, w, batched=batched
     )
     want = (1 + w) * _conditional_mixture_denoiser(x, 0.5, label) - w * MIXTURE.denoise(x, 0.5)
-    ds, s0 = samplers.classifier_free_guidance(
-      stateful, label, w, init_state=jnp.zeros((4,), jnp.int32), batched=batched
+    zeros = jnp.zeros((4,))
+    shared, s0 = samplers.classifier_free_guidance(
+      stateful, label, w, init_state=zeros, batched=batched
     )
-    return d(x, 0.5), want, ds(x, 0.5, s0)
+    out1, s1 = shared(x, 0.5, s0)
+    out2, s2 = shared(x, 0.5, s1)
+    separate, p0 = samplers.classifier_free_guidance(
+      stateful, label, w, init_state=zeros, batched=batched, carry='separate'
+    )
+    _, p1 = separate(x, 0.5, p0)
+    out2_sep, p2 = separate(x, 0.5, p1)
+    return d(x, 0.5), want, (out1, s1, out2, s2), (out2_sep, p2)
 
-  got, want, (out, (s_c, s_u)) = run(x, label)
+  got, want, (out1, s1, out2, s2), (out2_sep, (p_c, p_u)) = run(x, label)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-5)
-  np.testing.assert_array_equal(s_c, 1)
-  np.testing.assert_array_equal(s_u, 0)
+  np.testing.assert_allclose(np.asarray(out1), np.asarray(want), atol=1e-5)
+  # Default (the Chen 2023 reference): both passes read the conditional branch's state.
+  np.testing.assert_array_equal(s1, 1.0)
+  np.testing.assert_array_equal(s2, 2.0)
+  np.testing.assert_allclose(np.asarray(out2), np.asarray(want) + 1.0, atol=1e-5)
+  # carry='separate': each branch its own state (cond 1 then 2, uncond 10 then 20).
+  np.testing.assert_array_equal(p_c, 2.0)
+  np.testing.assert_array_equal(p_u, 20.0)
+  np.testing.assert_allclose(np.asarray(out2_sep), np.asarray(want) + 1.0 - 9.0 * w, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -326,6 +342,10 @@ def test_bad_arguments_raise_value_errors():
   with pytest.raises(ValueError, match='guidance weight w\\) must be >= 0'):
     samplers.classifier_free_guidance(
       _conditional_mixture_denoiser, jnp.zeros((2,), jnp.int32), -1.0
+    )
+  with pytest.raises(ValueError, match='carry must be one of'):
+    samplers.classifier_free_guidance(
+      _conditional_mixture_denoiser, jnp.zeros((2,), jnp.int32), 1.0, carry='both'
     )
   with pytest.raises(ValueError, match='return_trajectory indices'):
     samplers.edm_sample(d, x, schedules.karras_sigmas(4), return_trajectory=[9])

@@ -132,6 +132,7 @@ class Objective(abc.ABC):
     x_shape: tuple[int, ...] | None = None,
     clip_x0: bool = True,
     return_variance: bool = False,
+    guidance_carry: str = 'conditional',
   ) -> tuple[Callable, Any]:
     """The EDM-form denoiser of this model: (denoise_fn, init_state).
 
@@ -144,8 +145,10 @@ class Objective(abc.ABC):
     eps_guided = (1 + w) eps_cond - w eps_uncond. As x0 is affine in eps at fixed
     (x, sigma) this equals x0_guided = (1 + w) x0_cond - w x0_uncond, which is what is
     computed; clipping to the data range comes after the combination. w = 0 runs one
-    conditional pass. The conditional and unconditional branches keep separate
-    carries. With a learned variance, v comes from the conditional branch.
+    conditional pass. With self-conditioning both branches read the conditional
+    branch's carry, as the Chen 2023 reference sampler does (`guidance_carry=
+    'separate'` gives each branch its own). With a learned variance, v comes from the
+    conditional branch.
 
     Args:
       apply_fn: the model's apply function.
@@ -157,6 +160,7 @@ class Objective(abc.ABC):
       clip_x0: clip the x0 estimate to the data range [-1, 1].
       return_variance: (iddpm with learned variance) return (x0_hat, v) with v in
         [-1, 1] for `ddpm_sample(..., variance='learned')`.
+      guidance_carry: 'conditional' or 'separate', see `classifier_free_guidance`.
 
     Raises:
       ValueError: guidance without labels, or self-conditioning without x_shape.
@@ -200,7 +204,9 @@ class Objective(abc.ABC):
         base = lambda x, sigma, lab, state: call(x, sigma, lab, state)
       else:
         base = lambda x, sigma, lab: call(x, sigma, lab, None)[0]
-      fn, init_state = classifier_free_guidance(base, label, guidance, init_state=init_state)
+      fn, init_state = classifier_free_guidance(
+        base, label, guidance, init_state=init_state, carry=guidance_carry
+      )
     if not clip_x0:
       return fn, init_state
     if stateful:

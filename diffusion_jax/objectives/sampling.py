@@ -53,7 +53,9 @@ class SampleSettings:
   sampler: str = 'default'
   num_steps: int = 100
   inference_schedule: str = 'cosine'  # Chen samplers' gamma(t).
+  chen_ddpm_variance: str = 'large'  # 'large' (the reference's) | 'small' (posterior).
   guidance: float = 0.0
+  guidance_carry: str = 'conditional'  # self-cond. carry under guidance | 'separate'.
   clip_x0: bool = True
   s_churn: float = 0.0
   s_tmin: float = 0.0
@@ -81,6 +83,16 @@ class SampleSettings:
       )
     if not self.guidance >= 0:
       raise ValueError(f'config.sample.guidance={self.guidance!r} must be >= 0 (0 = off).')
+    if self.chen_ddpm_variance not in samplers.CHEN_DDPM_VARIANCES:
+      raise ValueError(
+        f'config.sample.chen_ddpm_variance={self.chen_ddpm_variance!r} is not one of '
+        f'{", ".join(samplers.CHEN_DDPM_VARIANCES)}.'
+      )
+    if self.guidance_carry not in samplers.GUIDANCE_CARRIES:
+      raise ValueError(
+        f'config.sample.guidance_carry={self.guidance_carry!r} is not one of '
+        f'{", ".join(samplers.GUIDANCE_CARRIES)}.'
+      )
 
   @classmethod
   def from_config(cls, sample_cfg: Any) -> SampleSettings:
@@ -126,6 +138,7 @@ def run_sampler(
     x_shape=noise.shape,
     clip_x0=s.clip_x0,
     return_variance=learned,
+    guidance_carry=s.guidance_carry,
   )
   if name in ('chen_ddpm', 'chen_ddim'):
     gamma_fn = schedules.get_gamma_schedule(s.inference_schedule)
@@ -137,6 +150,7 @@ def run_sampler(
       gamma_fn=gamma_fn,
       scale=scale,
       method=name[len('chen_') :],
+      variance=s.chen_ddpm_variance,
       rng=rng,
       init_state=init_state,
     )

@@ -11,6 +11,7 @@ Samplers are registered by name:
 
 from collections.abc import Callable
 
+from diffusion_jax.samplers.chen import DDPM_VARIANCES as CHEN_DDPM_VARIANCES
 from diffusion_jax.samplers.chen import chen_sample
 from diffusion_jax.samplers.discrete import ddim_encode, ddim_sample, ddpm_sample
 from diffusion_jax.samplers.edm import edm_nfe, edm_sample
@@ -19,7 +20,11 @@ from diffusion_jax.samplers.exact import (
   gaussian_mixture_denoiser,
   point_set_denoiser,
 )
-from diffusion_jax.samplers.guidance import as_stateful, classifier_free_guidance
+from diffusion_jax.samplers.guidance import (
+  GUIDANCE_CARRIES,
+  as_stateful,
+  classifier_free_guidance,
+)
 from diffusion_jax.samplers.langevin import langevin_sample
 
 _REGISTRY: dict[str, Callable] = {}
@@ -59,6 +64,8 @@ register_sampler('chen', chen_sample)
 register_sampler('langevin', langevin_sample)
 
 __all__ = [
+  'CHEN_DDPM_VARIANCES',
+  'GUIDANCE_CARRIES',
   'GaussianMixture',
   'as_stateful',
   'chen_sample',

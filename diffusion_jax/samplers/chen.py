@@ -22,6 +22,9 @@ from diffusion_jax.samplers import common
 from diffusion_jax.samplers.guidance import as_stateful, x0_of
 
 METHODS = ('ddpm', 'ddim')
+# DDPM transition variance: 'large' = 1 - alpha_ts (the authors' code default),
+# 'small' = the posterior variance (1 - alpha_ts)(1 - g_next)/(1 - g_now) (their 'ddpm@small').
+DDPM_VARIANCES = ('large', 'small')
 
 
 def chen_time_grid(steps: int) -> np.ndarray:
@@ -38,6 +41,7 @@ def chen_sample(
   gamma_fn: Callable[[jax.Array], jax.Array] | None = None,
   scale: float = 1.0,
   method: str = 'ddpm',
+  variance: str = 'large',
   rng: jax.Array | None = None,
   init_state: Any = None,
   return_trajectory: common.TrajectorySpec = False,
@@ -47,11 +51,16 @@ def chen_sample(
   For step in range(steps): t_now = 1 - step / steps, t_next = max(t_now - 1 / steps, 0),
   g = gamma_fn(t); then
   DDIM: x_next = sqrt(g_next) x0_hat + sqrt(1 - g_next) eps_hat;
-  DDPM: a = g_now / g_next,
+  DDPM: a = clip(g_now / g_next, 0, 1),
         x_next = sqrt(g_next)(1 - a)/(1 - g_now) x0_hat + sqrt(a)(1 - g_next)/(1 - g_now) x_t
-                 + sqrt((1 - a)(1 - g_next)/(1 - g_now)) z.
+                 + sqrt(var) z,
+        var = 1 - a ('large', the default) or (1 - a)(1 - g_next)/(1 - g_now) ('small').
+  The mean equals the reference's (x_t - (1 - a) eps_hat / sqrt(1 - g_now)) / sqrt(a) with
+  eps_hat re-derived from the clipped x0_hat. Like the reference, the last step (to
+  g_next = 1) adds its noise to the state too; the returned sample is the x0 estimate.
 
-  Source: Chen 2023, Algorithm 3.
+  Source: Chen 2023, Algorithm 3; the transition step and its 'large' default follow the
+  authors' `diffusion_utils.Scheduler.transition_step` (google-research/pix2seq).
 
   Args:
     denoise_fn: EDM-form data-space denoiser `(x, sigma) -> x0` or, with
@@ -62,6 +71,8 @@ def chen_sample(
     gamma_fn: inference schedule t -> gamma; default the cosine schedule.
     scale: the input scale b > 0 (model space = b * data).
     method: 'ddpm' (ancestral) or 'ddim' (deterministic).
+    variance: DDPM transition variance, 'large' (1 - alpha_ts, the reference default) or
+      'small' (the posterior variance); ignored by 'ddim'.
     rng: PRNG key, required for 'ddpm'.
     init_state: starting state of a stateful (self-conditioning) denoiser.
     return_trajectory: False, True (states x_1 .. x_0) or state indices.
@@ -73,6 +84,8 @@ def chen_sample(
   steps = common.check_steps(steps)
   if method not in METHODS:
     raise ValueError(f'method must be one of {METHODS}; got {method!r}.')
+  if variance not in DDPM_VARIANCES:
+    raise ValueError(f'variance must be one of {DDPM_VARIANCES}; got {variance!r}.')
   b = common.concrete_or_none(scale)
   if b is not None and (b.shape != () or not b > 0):
     raise ValueError(f'scale (the input scale b) must be a positive scalar; got {scale!r}.')
@@ -109,13 +122,16 @@ def chen_sample(
       x_next = jnp.sqrt(c['g_next']) * x0 + jnp.sqrt(1.0 - c['g_next']) * eps
     else:
       g_now, g_next = c['g_now'], c['g_next']
-      alpha_ts = g_now / g_next
+      alpha_ts = jnp.clip(g_now / g_next, 0.0, 1.0)
       inv = 1.0 / (1.0 - g_now)
       mean = (
         jnp.sqrt(g_next) * (1.0 - alpha_ts) * inv * x0
         + jnp.sqrt(alpha_ts) * (1.0 - g_next) * inv * x
       )
-      std = jnp.sqrt(jnp.maximum((1.0 - alpha_ts) * (1.0 - g_next) * inv, 0.0))
+      var = 1.0 - alpha_ts
+      if variance == 'small':
+        var = var * (1.0 - g_next) * inv
+      std = jnp.sqrt(jnp.maximum(var, 0.0))
       z = jax.random.normal(jax.random.fold_in(rng, c['k']), x.shape, x.dtype)
       x_next = mean + std * z
     buf = recorder.record(buf, c['k'] + 1, x_next)

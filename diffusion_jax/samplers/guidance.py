@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 StatefulDenoiser = Callable[[jax.Array, jax.Array, Any], tuple[Any, Any]]
+GUIDANCE_CARRIES = ('conditional', 'separate')
 
 
 def as_stateful(
@@ -75,6 +76,7 @@ def classifier_free_guidance(
   init_state: Any = None,
   null_label: int = -1,
   batched: bool = True,
+  carry: str = 'conditional',
 ) -> tuple[Callable[..., Any], Any]:
   """Turns a label-conditional denoiser into a guided one.
 
@@ -82,8 +84,15 @@ def classifier_free_guidance(
   x0 = x - sigma * eps is affine in the prediction, guiding x0 equals guiding
   eps with the same weight. w = 0 is the plain conditional denoiser (one pass).
 
+  With a stateful (self-conditioned) denoiser, `carry='conditional'` (the default, as the
+  Chen 2023 / RIN reference sampler does) feeds both passes the conditional branch's
+  previous state and carries only the conditional pass's new state; `carry='separate'`
+  (an option) lets each branch carry its own state.
+
   Source: Ho & Salimans 2021 (classifier-free guidance), eq. 6; Chen 2023
-  section 4 (guidance weight 3 for the 512+ samples).
+  section 4 (guidance weight 3 for the 512+ samples); the shared carry follows the
+  authors' `diffusion_utils.Scheduler.generate` (google-research/pix2seq), whose
+  unconditional call reads the hidden state that only the conditional call updates.
 
   Args:
     denoise_fn: `(x, sigma, label) -> out` when `init_state` is None, else
@@ -95,15 +104,21 @@ def classifier_free_guidance(
     null_label: the label meaning "unconditional".
     batched: run the conditional and unconditional passes as one call on a
       doubled batch (faster on accelerators) instead of two calls.
+    carry: 'conditional' (both passes read the conditional branch's state) or
+      'separate' (each branch keeps its own); only matters with `init_state`.
 
   Returns:
     `(guided_fn, guided_init_state)`, ready for any sampler: `guided_fn(x, sigma)`
-    when `init_state` is None, else `guided_fn(x, sigma, state)` with the state
-    `(state_cond, state_uncond)` (each pass keeps its own self-conditioning).
+    when `init_state` is None, else `guided_fn(x, sigma, state)`, the state being the
+    conditional branch's (`carry='conditional'`) or the pair `(state_cond, state_uncond)`
+    (`carry='separate'`).
 
   Raises:
-    ValueError: guidance weight given without labels, or a negative weight.
+    ValueError: guidance weight given without labels, a negative weight, or an unknown
+      carry.
   """
+  if carry not in GUIDANCE_CARRIES:
+    raise ValueError(f'carry must be one of {GUIDANCE_CARRIES}; got {carry!r}.')
   w_static = None
   if not isinstance(weight, jax.core.Tracer):
     w_static = float(weight)
@@ -135,7 +150,7 @@ def classifier_free_guidance(
   null = jnp.full_like(label, null_label)
   w = jnp.asarray(weight, jnp.float32)
 
-  def guided(x, sigma, state):
+  def guided_pair(x, sigma, state):
     state_c, state_u = state
     if batched:
       both, new_state = call(
@@ -148,6 +163,13 @@ def classifier_free_guidance(
       uncond, new_u = call(x, sigma, null, state_u)
     return _guide(cond, uncond, w), (new_c, new_u)
 
-  if stateful:
-    return guided, (init_state, init_state)
-  return (lambda x, sigma: guided(x, sigma, ((), ()))[0]), None
+  if not stateful:
+    return (lambda x, sigma: guided_pair(x, sigma, ((), ()))[0]), None
+  if carry == 'separate':
+    return guided_pair, (init_state, init_state)
+
+  def guided_shared(x, sigma, state):
+    out, (new_c, _) = guided_pair(x, sigma, (state, state))
+    return out, new_c
+
+  return guided_shared, init_state
