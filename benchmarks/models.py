@@ -2,6 +2,7 @@
 
     python -m benchmarks.models            # all ImageNet configs (several minutes)
     python -m benchmarks.models --quick    # ImageNet-64 only, fewer repeats
+    python -m benchmarks.models --params   # parameter count per RIN config (seconds)
 
 Sizes come from XLA's own analyses of compiled programs lowered on abstract inputs
 (jax.ShapeDtypeStruct), so no full-size array is ever allocated:
@@ -30,6 +31,7 @@ from benchmarks import report
 from diffusion_jax.models import ModelConfig, count_params, create_model
 
 IMAGENET = ('imagenet64', 'imagenet128', 'imagenet256', 'imagenet512', 'imagenet1024')
+RIN_CONFIGS = ('digits', 'cifar10_rin') + IMAGENET
 GIB = 2.0**30
 
 
@@ -129,6 +131,37 @@ def size_table(names, batches) -> tuple[str, list[dict]]:
   return '\n'.join(lines), rows
 
 
+def rin_param_groups(params) -> dict[str, int]:
+  """Parameter count split into the tape side, the latent side and the blocks."""
+  tree = params['params']
+  blocks = {k: v for k, v in tree.items() if k == 'blocks' or k.startswith('block_')}
+  rest = {k: v for k, v in tree.items() if k not in blocks}
+  return {'blocks': count_params(blocks), 'embeddings + readout': count_params(rest)}
+
+
+def param_table(names=RIN_CONFIGS) -> str:
+  """Markdown table of each RIN config's parameter count (traced shapes, no allocation)."""
+  lines = [
+    '| config | image | patch -> tokens | tape dim | latents x dim | blocks x layers | '
+    'read/write heads | latent heads | params | in blocks |',
+    '|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  for name in names:
+    config = importlib.import_module(f'configs.{name}').get_config()
+    cfg = ModelConfig.from_config(config.model, config.data)
+    params = create_model(cfg).param_shapes()
+    groups = rin_param_groups(params)
+    total = count_params(params)
+    lines.append(
+      f'| {name} | {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} | '
+      f'{cfg.patch_size} -> {cfg.num_tokens} | {cfg.tape_dim} | {cfg.num_latents} x '
+      f'{cfg.latent_dim} | {cfg.num_blocks} x {cfg.num_compute_layers} | '
+      f'{cfg.read_write_heads} | {cfg.latent_heads} | {total:,} ({total / 1e6:.2f}M) | '
+      f'{groups["blocks"] / total:.1%} |'
+    )
+  return '\n'.join(lines)
+
+
 def small_rin(**overrides) -> ModelConfig:
   """The 42M-parameter RIN of STACK.md: 32x32, patch 4, tape 256, 128 x 512 latents, 4 x 2."""
   kwargs = dict(
@@ -214,7 +247,19 @@ def throughput(batch: int, repeats: int) -> str:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--quick', action='store_true', help='ImageNet-64 only, fewer repeats')
+  parser.add_argument('--params', action='store_true', help='only the RIN parameter counts')
   args = parser.parse_args(argv)
+  if args.params:
+    body = (
+      'Exact parameter counts of the RIN configs (kernels, biases, LayerNorms, learned '
+      'latents and positions), from traced shapes; "in blocks" is the share in the '
+      'read / compute / write blocks, the rest being the stem, positions, latents, '
+      'conditioning, latent self-conditioning MLP and readout.\n\n' + param_table()
+    )
+    report.write_section(
+      'rin_params', 'RIN parameter counts', body, 'python -m benchmarks.models --params'
+    )
+    return
   names = IMAGENET[:1] if args.quick else IMAGENET
   sizes, _ = size_table(names, batches=(2, 6))
   speed = throughput(batch=16, repeats=3 if args.quick else 8)

@@ -11,10 +11,12 @@ import math
 import os
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from flax import traverse_util
 
 from diffusion_jax.models import ModelConfig, count_params, create_model, layers
@@ -230,12 +232,20 @@ def test_rin_bfloat16_forward_is_finite_and_close():
   assert rel_err(out16, out32) < 0.05
 
 
-def test_rin_train_mode_dropout():
+@functools.cache
+def rin_train_fn():
   cfg, model, params = tiny_rin()
   x, t, y = inputs(cfg)
   sc = jnp.zeros(model.carry_shape(2))
   fn = lambda p, r: model.apply(p, x, t, y, self_cond=sc, train=True, rng=r)[0]
-  train = fast_jit(fn, params, jax.random.key(0))
+  return fast_jit(fn, params, jax.random.key(0))
+
+
+def test_rin_train_mode_dropout():
+  cfg, model, params = tiny_rin()
+  x, t, y = inputs(cfg)
+  sc = jnp.zeros(model.carry_shape(2))
+  train = rin_train_fn()
   a, b, c = (train(params, jax.random.key(s)) for s in (0, 1, 0))
   np.testing.assert_array_equal(a, c)  # same rng, same output
   assert rel_err(a, b) > 1e-3  # dropout / drop-path active
@@ -243,6 +253,224 @@ def test_rin_train_mode_dropout():
   e2, _ = rin_eval_fn()(params, x, t, y, sc)
   np.testing.assert_array_equal(e1, e2)
   assert rel_err(a, e1) > 1e-3
+
+
+def test_rin_dropout_lives_only_in_the_compute_layers():
+  """With every compute layer's residual branches zeroed, train mode equals eval mode.
+
+  The branches then output zero whatever dropout / drop-path do, so any difference left
+  would come from dropout in the read / write units, the conditioning or the readout,
+  which the reference does not have.
+  """
+  cfg, model, params = tiny_rin()
+  x, t, y = inputs(cfg)
+  # Only the compute layers have modules named 'attn' and 'mlp' (read_attn, self_cond_mlp...).
+  for branch in (('attn', 'out'), ('mlp', 'fc2')):
+    for leaf in ('kernel', 'bias'):
+      params = replace_param(params, branch + (leaf,), jnp.zeros_like)
+  out_train = rin_train_fn()(params, jax.random.key(3))
+  out_eval, _ = rin_eval_fn()(params, x, t, y, jnp.zeros(model.carry_shape(2)))
+  np.testing.assert_allclose(out_train, out_eval, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Layer by layer against float64 transcriptions of the reference (pix2seq tape.py and
+# transformers.py, Keras layers).
+
+
+def np_layer_norm(x, p):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-6) * p['scale'] + p['bias']
+
+
+def np_gelu(x):
+  return 0.5 * x * (1.0 + scipy.special.erf(x / np.sqrt(2.0)))  # tf.nn.gelu(approximate=False)
+
+
+def np_mlp(x, p):
+  h = np_gelu(x @ p['fc1']['kernel'] + p['fc1']['bias'])
+  return h @ p['fc2']['kernel'] + p['fc2']['bias']
+
+
+def np_cross_attention(x, ctx, p):
+  """Keras MultiHeadAttention with separate q / k / v kernels [D, H, Dh]."""
+  q = np.einsum('btd,dhk->bthk', x, p['q']['kernel']) + p['q']['bias']
+  kv = np.einsum('bsd,dnhk->bsnhk', ctx, p['kv']['kernel']) + p['kv']['bias']
+  k, v = kv[:, :, 0], kv[:, :, 1]
+  logits = np.einsum('bthk,bshk->bhts', q / np.sqrt(q.shape[-1]), k)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  out = np.einsum('bhts,bshk->bthk', w, v)
+  return np.einsum('bthk,hkd->btd', out, p['out']['kernel']) + p['out']['bias']
+
+
+class CrossUnit(nn.Module):
+  """The read or write unit alone, in its own scope."""
+
+  cfg: ModelConfig
+  which: str
+
+  @nn.compact
+  def __call__(self, a, b):
+    unit = rin_lib.write_unit if self.which == 'write' else rin_lib.read_unit
+    return unit(self.cfg, a, b, dict(dtype=jnp.float32, param_dtype=jnp.float32))
+
+
+@pytest.mark.parametrize(
+  'which, overrides',
+  [
+    ('write', {}),
+    ('write', {'tape_mlp_ratio': 0}),  # the reference's write unit without an MLP
+    ('write', {'write_kv_norm': True}),  # the option: LN on the latents first
+    ('read', {}),
+  ],
+)
+def test_read_and_write_units_match_the_reference_transcription(which, overrides):
+  """x += CrossAttn(q=LN(x), kv=context); x += MLP(LN(x)), keys/values not normed."""
+  cfg = ModelConfig(tape_dim=12, latent_dim=8, read_write_heads=2, **overrides)
+  rng = np.random.default_rng(0)
+  dx, dc = (cfg.tape_dim, cfg.latent_dim) if which == 'write' else (cfg.latent_dim, cfg.tape_dim)
+  x = rng.normal(size=(2, 5, dx)).astype(np.float32)
+  ctx = 3.0 * rng.normal(size=(2, 4, dc)).astype(np.float32)  # not unit scale: LN would show
+  unit = CrossUnit(cfg, which)
+  params = random_params(jax.eval_shape(unit.init, jax.random.key(0), x, ctx))
+  got = np.asarray(jax.jit(unit.apply)(params, x, ctx))
+  p = jax.tree.map(lambda v: np.asarray(v, np.float64), params['params'])
+  assert (f'{which}_ln_kv' in p) == cfg.write_kv_norm
+  assert (f'{which}_mlp' in p) == (which == 'read' or cfg.tape_mlp_ratio > 0)
+  kv = np_layer_norm(ctx, p[f'{which}_ln_kv']) if cfg.write_kv_norm else ctx
+  want = x + np_cross_attention(np_layer_norm(x, p[f'{which}_ln_q']), kv, p[f'{which}_attn'])
+  if f'{which}_mlp' in p:
+    want = want + np_mlp(np_layer_norm(want, p[f'{which}_ln_mlp']), p[f'{which}_mlp'])
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  # Raw keys/values: the unit sees the latents' scale (a LayerNorm would divide it out).
+  scaled = np.asarray(jax.jit(unit.apply)(params, x, 2.0 * ctx))
+  if cfg.write_kv_norm:
+    np.testing.assert_allclose(scaled, got, rtol=1e-5, atol=1e-5)
+  else:
+    assert rel_err(scaled, got) > 1e-2
+
+
+def test_mlp_gelu_is_the_exact_erf_form():
+  mlp = layers.Mlp(32)
+  x = 3.0 * np.random.default_rng(1).normal(size=(4, 8)).astype(np.float32)
+  params = random_params(jax.eval_shape(mlp.init, jax.random.key(0), x))
+  p = jax.tree.map(lambda v: np.asarray(v, np.float64), params['params'])
+  np.testing.assert_allclose(mlp.apply(params, x), np_mlp(x, p), rtol=1e-5, atol=1e-5)
+  # The tanh approximation is measurably different at this tolerance.
+  approx = layers.Mlp(32, approximate_gelu=True).apply(params, x)
+  assert np.abs(np.asarray(approx) - np_mlp(x, p)).max() > 1e-4
+
+
+def test_transformer_layer_drops_only_the_mlp_hidden_units():
+  """Dropout 0.5 changes nothing when the MLP's output kernel is zero (bias kept)."""
+  args = dict(num_heads=2, mlp_ratio=4, dropout=0.5, drop_path=0.0)
+  train = rin_lib.TransformerLayer(**args, deterministic=False)
+  evaluate = rin_lib.TransformerLayer(**args, deterministic=True)
+  z = np.random.default_rng(2).normal(size=(4, 6, 8)).astype(np.float32)
+  params = random_params(jax.eval_shape(evaluate.init, jax.random.key(0), z))
+  run = lambda m, p: m.apply(p, z, rngs={'dropout': jax.random.key(5)})[0]
+  # No dropout on the attention output (it reaches the output unmasked) nor on the MLP
+  # output (its bias would be dropped) ...
+  zeroed = replace_param(params, ('mlp', 'fc2', 'kernel'), jnp.zeros_like)
+  np.testing.assert_allclose(run(train, zeroed), run(evaluate, zeroed), rtol=1e-6, atol=1e-6)
+  # ... while with the kernel back the hidden-unit dropout shows.
+  assert rel_err(run(train, params), run(evaluate, params)) > 1e-2
+
+
+def test_time_features_are_the_reference_standardised_sinusoids():
+  gamma = np.array([1.0, 0.9, 0.5, 0.01, 1e-9])
+  dim = 16
+  # pix2seq transformers.py positional_encoding: rate_i = 1 / 10000^(2 (i // 2) / dim),
+  # sin of the even entries, then cos of the odd ones; then ScalarEmbedding's
+  # standardisation with the population std.
+  i = np.arange(dim)
+  angles = (1000.0 * gamma)[:, None] / 10000.0 ** (2 * (i // 2) / dim)[None, :]
+  feats = np.concatenate([np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])], axis=1)
+  want = (feats - feats.mean(-1, keepdims=True)) / feats.std(-1, keepdims=True)
+  got = rin_lib.time_features(jnp.asarray(1000.0 * gamma, jnp.float32), dim)
+  np.testing.assert_allclose(got, want, atol=3e-4)
+
+  class TimeToken(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, t):
+      return rin_lib.time_embedding(self.cfg, t, dict(dtype=jnp.float32, param_dtype=jnp.float32))
+
+  cfg = ModelConfig(latent_dim=4 * dim)
+  token = TimeToken(cfg)
+  t = jnp.asarray(1000.0 * gamma, jnp.float32)
+  params = random_params(jax.eval_shape(token.init, jax.random.key(0), t))
+  p = jax.tree.map(lambda v: np.asarray(v, np.float64), params['params'])
+  assert p['time_fc1']['kernel'].shape == (dim, cfg.latent_dim)  # features Dz / 4
+  h = want @ p['time_fc1']['kernel'] + p['time_fc1']['bias']
+  h = h / (1.0 + np.exp(-h))  # SiLU between the Dense layers, none after
+  h = h @ p['time_fc2']['kernel'] + p['time_fc2']['bias']
+  np.testing.assert_allclose(token.apply(params, t), h, rtol=1e-3, atol=1e-3)
+
+
+def keras_glorot_bound(shape):
+  """glorot_uniform's limit sqrt(6 / (fan_in + fan_out)), fans as Keras' _compute_fans."""
+  if len(shape) == 2:
+    fan_in, fan_out = shape
+  else:
+    receptive = math.prod(shape[:-2])
+    fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+  return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def check_uniform(kernel, bound):
+  kernel = np.asarray(kernel)
+  assert np.abs(kernel).max() <= bound * (1 + 1e-6)
+  if kernel.size >= 2000:
+    assert np.abs(kernel).max() > 0.98 * bound
+    np.testing.assert_allclose(kernel.std(), bound / math.sqrt(3), rtol=0.05)
+
+
+def test_fused_attention_kernels_get_keras_per_projection_fans():
+  """Each q / k / v slice of a fused kernel is distributed as Keras' own [D, H, Dh] kernel."""
+  dim, heads = 256, 8
+  attn = layers.SelfAttention(heads, fans='per_projection')
+  p = attn.init(jax.random.key(0), jnp.zeros((1, 1, dim)))['params']
+  qkv = np.asarray(p['qkv']['kernel'])  # [D, 3, H, Dh]
+  assert qkv.shape == (dim, 3, heads, dim // heads)
+  for s in range(3):
+    check_uniform(qkv[:, s], keras_glorot_bound((dim, heads, dim // heads)))
+  assert not np.allclose(qkv[:, 0], qkv[:, 1])
+  check_uniform(p['out']['kernel'], keras_glorot_bound((heads, dim // heads, dim)))
+  # The flattened fans give the wide [D, 3D] matrix's bound, about 3x larger here.
+  flat = layers.SelfAttention(heads).init(jax.random.key(0), jnp.zeros((1, 1, dim)))['params']
+  assert np.abs(flat['qkv']['kernel']).max() > 2 * keras_glorot_bound((dim, heads, dim // heads))
+
+  cross = layers.CrossAttention(4, 64, fans='per_projection')
+  p = cross.init(jax.random.key(1), jnp.zeros((1, 1, 128)), jnp.zeros((1, 1, 256)))['params']
+  check_uniform(p['q']['kernel'], keras_glorot_bound((128, 4, 16)))
+  for s in range(2):
+    check_uniform(np.asarray(p['kv']['kernel'])[:, s], keras_glorot_bound((256, 4, 16)))
+  check_uniform(p['out']['kernel'], keras_glorot_bound((4, 16, 128)))
+
+
+def test_rin_init_is_the_keras_default():
+  """Every kernel glorot-uniform with Keras' fans, every bias zero, embeddings std 0.02."""
+  _, _, params = tiny_rin()
+  for path, value in traverse_util.flatten_dict(params['params']).items():
+    value = np.asarray(value)
+    name = '/'.join(path)
+    if path[-1] == 'bias':
+      np.testing.assert_array_equal(value, 0.0, err_msg=name)
+    elif path[-1] == 'scale':
+      np.testing.assert_array_equal(value, 0.0 if path[0] == 'self_cond_ln_out' else 1.0)
+    elif path[-1] in ('latents', 'tape_pos'):
+      assert np.abs(value).max() <= 0.04  # truncated at 2 std
+      np.testing.assert_allclose(value.std(), 0.02 * 0.8796, rtol=0.15)
+    elif path[-2] in ('qkv', 'kv'):  # fused [D, n, H, Dh]: one Keras kernel per slice
+      for s in range(value.shape[1]):
+        check_uniform(value[:, s], keras_glorot_bound(value[:, s].shape))
+    else:  # Dense [in, out], Conv [p, p, C, D], attention q [D, H, Dh] / out [H, Dh, D]
+      assert path[-1] == 'kernel', name
+      check_uniform(value, keras_glorot_bound(value.shape))
 
 
 def test_patchify_matches_the_stem_convolution_and_inverts():
@@ -385,7 +613,8 @@ def expected_rin_params(cfg):
   dense = lambda i, o: i * o + o
   ln = lambda d: 2 * d
   mlp = lambda d, r: dense(d, r * d) + dense(r * d, d)
-  total = dense(p * p * cfg.num_channels, dt) + ln(dt) + cfg.num_tokens * dt
+  total = dense(p * p * cfg.num_channels, dt) + cfg.num_tokens * dt
+  total += ln(dt) if cfg.stem_norm else 0
   total += dense(dz // 4, dz) + dense(dz, dz) + cfg.augment_dim * dz
   total += dense(cfg.num_classes, dz) if cfg.num_classes else 0
   total += (cfg.num_latents - cfg.num_cond_tokens) * dz
@@ -393,8 +622,9 @@ def expected_rin_params(cfg):
   read = ln(dz) + dense(dz, inner) + dense(dt, 2 * inner) + dense(inner, dz)
   read += ln(dz) + mlp(dz, cfg.latent_mlp_ratio)
   compute = ln(dz) + dense(dz, 3 * dz) + dense(dz, dz) + ln(dz) + mlp(dz, cfg.latent_mlp_ratio)
-  write = ln(dt) + ln(dz) + dense(dt, inner) + dense(dz, 2 * inner) + dense(inner, dt)
-  write += ln(dt) + mlp(dt, cfg.tape_mlp_ratio)
+  write = ln(dt) + dense(dt, inner) + dense(dz, 2 * inner) + dense(inner, dt)
+  write += ln(dz) if cfg.write_kv_norm else 0
+  write += ln(dt) + mlp(dt, cfg.tape_mlp_ratio) if cfg.tape_mlp_ratio else 0
   total += cfg.num_blocks * (read + cfg.num_compute_layers * compute + write)
   total += ln(dt) + dense(dt, p * p * cfg.out_channels)
   return total
@@ -403,7 +633,9 @@ def expected_rin_params(cfg):
 @pytest.mark.parametrize(
   'name, low, high',
   [
+    ('digits', 0.7e6, 0.8e6),
     ('imagenet64', 100e6, 300e6),
+    ('imagenet512', 400e6, 450e6),
     ('cifar10_rin', 25e6, 40e6),  # RIN paper: about 31M for CIFAR-10
     ('cifar10_ddpm', 35.6e6, 35.8e6),  # DDPM paper: 35.7M
     ('cifar10_iddpm', 40e6, 60e6),

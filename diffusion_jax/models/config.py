@@ -43,8 +43,9 @@ class ModelConfig:
   patch_size: int = 2
   stem_norm: bool = True  # LayerNorm on the patch embeddings (see configs/default.py).
   tape_pos_init: str = 'random'  # learned tape positions start 'random' (std 0.02) or 'sincos'.
+  write_kv_norm: bool = False  # LayerNorm on the write unit's keys/values (not the reference's).
   tape_dim: int = 128
-  tape_mlp_ratio: int = 2
+  tape_mlp_ratio: int = 2  # 0 = no MLP in the write unit (as the reference allows).
   read_write_heads: int = 4
   num_latents: int = 32
   latent_dim: int = 128
@@ -160,8 +161,11 @@ class ModelConfig:
       )
     for key in ('tape_dim', 'latent_dim', 'num_blocks', 'num_compute_layers'):
       _positive(f'config.model.{key}', getattr(self, key))
-    for key in ('tape_mlp_ratio', 'latent_mlp_ratio'):
-      _positive(f'config.model.{key}', getattr(self, key))
+    _positive('config.model.latent_mlp_ratio', self.latent_mlp_ratio)
+    if self.tape_mlp_ratio < 0:
+      raise ValueError(
+        f'config.model.tape_mlp_ratio must be >= 0 (0 = no write MLP), got {self.tape_mlp_ratio}.'
+      )
     inner = min(self.tape_dim, self.latent_dim)
     _divides(
       'config.model.read_write_heads', self.read_write_heads, 'min(tape_dim, latent_dim)', inner

@@ -2,7 +2,9 @@
 
 Attention keeps every projection fused (one matmul for Q, K and V in self-attention, one
 for K and V in cross-attention) and calls `jax.nn.dot_product_attention` on the
-`[batch, length, heads, head_dim]` layout, which lets XLA skip most transposes.
+`[batch, length, heads, head_dim]` layout, which lets XLA skip most transposes. Fusing is
+a storage choice only: with `fans='per_projection'` each fused slice is initialised as
+the separate Keras MultiHeadAttention kernel it stands for.
 """
 
 from collections.abc import Callable
@@ -17,31 +19,54 @@ Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 
-def sinusoidal_embedding(
-  x: jax.typing.ArrayLike, dim: int, max_period: float = 10_000.0
-) -> jax.Array:
-  """Sinusoidal features of a scalar per example, `[sin(x w_k), cos(x w_k)]`.
+FREQUENCY_SPACINGS = ('ddpm', 'vaswani')
 
-  Source: Vaswani et al. 2017, sec. 3.5; used on the timestep by DDPM (Ho et al. 2020,
-  appendix B) and on 1000 * gamma by Chen 2023. Frequencies w_k = max_period^(-k / (half - 1)).
+
+def sinusoidal_embedding(
+  x: jax.typing.ArrayLike, dim: int, max_period: float = 10_000.0, spacing: str = 'ddpm'
+) -> jax.Array:
+  """Sinusoidal features of a scalar per example, `[sin(x w_k), cos(x w_k)]`, k < dim / 2.
+
+  Source: Vaswani et al. 2017, sec. 3.5. `spacing` picks the frequencies w_k:
+  'ddpm': max_period^(-k / (half - 1)), so the lowest frequency is exactly 1 / max_period
+  (DDPM's get_timestep_embedding, Ho et al. 2020, appendix B; the U-Net's features);
+  'vaswani': max_period^(-k / half), the paper's 10000^(-2i / d) (pix2seq
+  architectures/transformers.py positional_encoding, which RIN's noise-level embedding
+  uses: Chen 2023 conditions on 1000 * gamma).
 
   Args:
     x: [B] conditioning scalars (already scaled, e.g. 1000 * gamma or a timestep index).
     dim: number of features; must be even and >= 4.
     max_period: the longest period.
+    spacing: 'ddpm' or 'vaswani' (see above).
 
   Returns:
     [B, dim] float32 features.
   """
   if dim < 4 or dim % 2:
     raise ValueError(f'dim must be even and >= 4, got {dim}.')
+  if spacing not in FREQUENCY_SPACINGS:
+    raise ValueError(f'spacing must be one of {FREQUENCY_SPACINGS}, got {spacing!r}.')
   x = jnp.asarray(x, jnp.float32)
   if x.ndim != 1:
     raise ValueError(f'x must have shape [B], got {x.shape}.')
   half = dim // 2
-  freqs = np.exp(-np.log(max_period) * np.arange(half) / (half - 1)).astype(np.float32)
+  steps = half - 1 if spacing == 'ddpm' else half
+  freqs = np.exp(-np.log(max_period) * np.arange(half) / steps).astype(np.float32)
   args = x[:, None] * freqs[None, :]  # [B, half]
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def standardize(x: jax.Array, axis: int = -1) -> jax.Array:
+  """(x - mean) / std along `axis`, population std and no epsilon.
+
+  Source: pix2seq architectures/transunet.py, ScalarEmbedding.call(normalize=True):
+  RIN standardises each example's noise-level features before its Dense layers.
+  Sinusoidal features never have zero spread (sin^2 + cos^2 = 1 per pair), so no
+  epsilon is needed.
+  """
+  mean = jnp.mean(x, axis=axis, keepdims=True)
+  return (x - mean) / jnp.std(x, axis=axis, keepdims=True)
 
 
 def sincos_2d_init(grid: int) -> Initializer:
@@ -98,16 +123,76 @@ def attention(
   return out.astype(dtype)
 
 
+ATTENTION_FANS = ('flat', 'per_projection')
+
+
+def projection_init(
+  init: Initializer, shape: tuple[int, ...], copies: int | None = None
+) -> Initializer:
+  """A DenseGeneral kernel_init that draws each projection on its own unflattened shape.
+
+  `nn.DenseGeneral` hands its kernel_init the kernel flattened to 2-D, so a fused
+  [D, 3, H, Dh] QKV kernel gets the fans of one [D, 3 H Dh] matrix. This wrapper ignores
+  that shape: it draws `init` on `shape` (e.g. [D, H, Dh]) — `copies` times, stacked on
+  axis 1, for fused K/V or Q/K/V — so every slice has exactly the distribution of a
+  separate kernel of that shape.
+  """
+
+  def wrapped(key: jax.Array, flat_shape: tuple[int, ...], dtype: Dtype = jnp.float32):
+    if copies is None:
+      kernel = init(key, shape, dtype)
+    else:
+      keys = jax.random.split(key, copies)
+      kernel = jnp.stack([init(k, shape, dtype) for k in keys], axis=1)
+    return kernel.reshape(flat_shape)
+
+  return wrapped
+
+
+def _attention_inits(
+  fans: str,
+  kernel_init: Initializer,
+  out_init: Initializer,
+  in_dims: tuple[tuple[int, ...], ...],
+  out_dim: int,
+  heads: int,
+  head_dim: int,
+) -> tuple[list[Initializer], Initializer]:
+  """Input-projection inits (one per entry of `in_dims`) and the output projection's.
+
+  'flat': the initializers as given, on DenseGeneral's flattened kernels. 'per_projection':
+  Keras MultiHeadAttention's kernels, [D_in, H, Dh] for q, k and v and [H, Dh, D_out]
+  for the output; jax's variance-scaling fans on these shapes (receptive field = all
+  axes but the last two) are Keras' `_compute_fans`. Each entry of `in_dims` is
+  (width,) for one projection or (width, copies) for a fused one.
+  """
+  if fans not in ATTENTION_FANS:
+    raise ValueError(f'attention fans must be one of {ATTENTION_FANS}, got {fans!r}.')
+  if fans == 'flat':
+    return [kernel_init] * len(in_dims), out_init
+  ins = [
+    projection_init(kernel_init, (d[0], heads, head_dim), d[1] if len(d) > 1 else None)
+    for d in in_dims
+  ]
+  return ins, projection_init(out_init, (heads, head_dim, out_dim))
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with one fused QKV projection.
 
-  Source: Vaswani et al. 2017, sec. 3.2.
+  `fans`: 'flat' (the U-Net's, the initializers see the fused kernel as one matrix) or
+  'per_projection' (RIN's: each of q, k, v and the output is initialised as the separate
+  3-D kernel Keras MultiHeadAttention builds; see `_attention_inits`).
+
+  Source: Vaswani et al. 2017, sec. 3.2; pix2seq architectures/transformers.py
+  (tf.keras.layers.MultiHeadAttention in TransformerEncoderLayer).
   """
 
   num_heads: int
   attention_impl: str = 'auto'
   out_init: Initializer = nn.initializers.xavier_uniform()
   kernel_init: Initializer = nn.initializers.xavier_uniform()
+  fans: str = 'flat'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -115,9 +200,12 @@ class SelfAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     dim = x.shape[-1]
     head_dim = dim // self.num_heads
+    (qkv_init,), out_init = _attention_inits(
+      self.fans, self.kernel_init, self.out_init, ((dim, 3),), dim, self.num_heads, head_dim
+    )
     qkv = nn.DenseGeneral(
       (3, self.num_heads, head_dim),
-      kernel_init=self.kernel_init,
+      kernel_init=qkv_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name='qkv',
@@ -128,7 +216,7 @@ class SelfAttention(nn.Module):
     return nn.DenseGeneral(
       dim,
       axis=(-2, -1),
-      kernel_init=self.out_init,
+      kernel_init=out_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name='out',
@@ -139,39 +227,63 @@ class CrossAttention(nn.Module):
   """Multi-head cross-attention: queries from `x`, fused keys/values from `context`.
 
   `inner_dim` is the width of the attention (heads * head_dim); RIN uses
-  min(tape_dim, latent_dim). The output is projected back to x's width.
+  min(tape_dim, latent_dim). The output is projected back to x's width. `fans` as in
+  `SelfAttention`. Neither input is normalised here: callers pass LN(x) and whatever
+  keys/values their reference uses.
+
+  Source: Vaswani et al. 2017, sec. 3.2; pix2seq architectures/transformers.py
+  (TransformerDecoderLayer's cross_mha).
   """
 
   num_heads: int
   inner_dim: int
   attention_impl: str = 'auto'
   kernel_init: Initializer = nn.initializers.xavier_uniform()
+  fans: str = 'flat'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     head_dim = self.inner_dim // self.num_heads
-    dense = lambda features, name, axis=-1: nn.DenseGeneral(
+    dim = x.shape[-1]
+    (q_init, kv_init), out_init = _attention_inits(
+      self.fans,
+      self.kernel_init,
+      self.kernel_init,
+      ((dim,), (context.shape[-1], 2)),
+      dim,
+      self.num_heads,
+      head_dim,
+    )
+    dense = lambda features, name, init, axis=-1: nn.DenseGeneral(
       features,
       axis=axis,
-      kernel_init=self.kernel_init,
+      kernel_init=init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name=name,
     )
-    q = dense((self.num_heads, head_dim), 'q')(x)  # [B, T, H, Dh]
-    kv = dense((2, self.num_heads, head_dim), 'kv')(context)  # [B, S, 2, H, Dh]
+    q = dense((self.num_heads, head_dim), 'q', q_init)(x)  # [B, T, H, Dh]
+    kv = dense((2, self.num_heads, head_dim), 'kv', kv_init)(context)  # [B, S, 2, H, Dh]
     out = attention(q, kv[:, :, 0], kv[:, :, 1], self.dtype, self.attention_impl)  # [B, T, H, Dh]
-    return dense(x.shape[-1], 'out', axis=(-2, -1))(out)  # [B, T, D]
+    return dense(dim, 'out', out_init, axis=(-2, -1))(out)  # [B, T, D]
 
 
 class Mlp(nn.Module):
-  """Two-layer GELU MLP with dropout on the hidden units."""
+  """Two-layer GELU MLP with dropout on the hidden units (not on its output).
+
+  `approximate_gelu=False` (default) is the exact erf GELU of tf.nn.gelu, which the
+  reference's Dense(activation=tf.nn.gelu) uses; True is flax's tanh approximation.
+
+  Source: pix2seq architectures/transformers.py, FeedForwardLayer
+  (dense1 -> gelu -> dropout -> dense2).
+  """
 
   hidden_dim: int
   dropout: float = 0.0
   kernel_init: Initializer = nn.initializers.xavier_uniform()
+  approximate_gelu: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -185,7 +297,7 @@ class Mlp(nn.Module):
       param_dtype=self.param_dtype,
       name='fc1',
     )(x)
-    h = nn.gelu(h)
+    h = nn.gelu(h, approximate=self.approximate_gelu)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     return nn.Dense(
       dim,
@@ -210,5 +322,5 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool)
 
 
 def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, **kwargs: Any) -> nn.LayerNorm:
-  """LayerNorm with RIN's epsilon (1e-6)."""
+  """LayerNorm with RIN's epsilon (1e-6, every LayerNormalization in pix2seq's tape.py)."""
   return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, name=name, **kwargs)
