@@ -56,6 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   optim.grad_clip = 0.0
   optim.ema_decay = 0.5 ** (BATCH / 500_000)  # half-life of 0.5M images: 0.99929.
   optim.ema_warmup = False
+  optim.ema_halflife_kimg = 500  # EDM's EMA, used instead of ema_decay (same half-life)
+  optim.ema_rampup_ratio = 0.05  # with its ramp-up: half-life <= 5% of the images seen
 
   training = config.training
   training.batch_size = BATCH

@@ -62,11 +62,14 @@ def get_config() -> ml_collections.ConfigDict:
   optim = config.optim
   optim.name = 'lamb'
   optim.learning_rate = 3e-3
-  optim.lr_schedule = 'cosine'
+  optim.lr_schedule = 'cosine@0.8'
   optim.warmup_steps = 10_000
   optim.weight_decay = 0.01
   optim.grad_clip = 0.0
   optim.ema_decay = 0.9999
+  # The reference updates its EMA with the constant 0.9999 from the first step (no warmup);
+  # our EMA starts from the parameters, not from a second random init as the reference's.
+  optim.ema_warmup = False
 
   training = config.training
   training.batch_size = 256

@@ -46,8 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Learned tape positions start as 'random' (std 0.02, ViT-style) or 'sincos' (2-D sin-cos
   # codes of unit scale): the latter gives short runs position information from step 0.
   model.tape_pos_init = 'random'
+  model.write_kv_norm = False  # LayerNorm on the write unit's latent keys/values (ref.: none).
   model.tape_dim = 128
-  model.tape_mlp_ratio = 2
+  model.tape_mlp_ratio = 2  # 0 = the write unit has no MLP (allowed by the reference).
   model.read_write_heads = 4
   model.num_latents = 32
   model.latent_dim = 128
@@ -55,8 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.latent_mlp_ratio = 4
   model.num_blocks = 2
   model.num_compute_layers = 2
-  model.dropout = 0.0
-  model.drop_path = 0.0
+  model.dropout = 0.0  # RIN: compute-layer MLP hidden units only; U-Net: residual blocks.
+  model.drop_path = 0.0  # RIN: stochastic depth on the compute layers' residual branches.
   # U-Net.
   model.base_channels = 64
   model.channel_mults = (1, 2, 2)
@@ -96,7 +97,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = optim = ml_collections.ConfigDict()
   optim.name = 'lamb'  # 'lamb' | 'adamw' | 'adam'
   optim.learning_rate = 2e-3
-  optim.lr_schedule = 'cosine'  # 'cosine' | 'constant'
+  # Warmup, then 'cosine' | 'cosine@<rate>' | 'linear' | 'exp@<rate>' | 'constant', rate in
+  # (0, 1]. cosine@r stretches the cosine over (num_steps - warmup) / r steps, so the run
+  # ends at (1 + cos(pi r)) / 2 of the peak (cosine@0.7: 20.6%); exp@r ends at r * peak.
+  optim.lr_schedule = 'cosine'
+  optim.end_lr_factor = 0.0  # floor of cosine / linear as a fraction of the peak.
   optim.warmup_steps = 200
   optim.b1 = 0.9
   optim.b2 = 0.999
@@ -105,6 +110,10 @@ def get_config() -> ml_collections.ConfigDict:
   optim.grad_clip = 0.0  # global-norm clip; 0 = off.
   optim.ema_decay = 0.9999
   optim.ema_warmup = True
+  # EDM's EMA: half-life in thousands of images (> 0 replaces ema_decay / ema_warmup),
+  # capped at ema_rampup_ratio x the images seen so far (0 = no ramp-up).
+  optim.ema_halflife_kimg = 0.0
+  optim.ema_rampup_ratio = 0.05
 
   # Training loop (diffusion_jax/train.py).
   config.training = training = ml_collections.ConfigDict()

@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim = config.optim
   optim.name = 'lamb'
   optim.learning_rate = 2e-3
-  optim.lr_schedule = 'cosine'
+  optim.lr_schedule = 'cosine@0.7'
   optim.warmup_steps = 10_000
   optim.b1 = 0.9
   optim.b2 = 0.999
@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
   optim.weight_decay = 0.01
   optim.grad_clip = 0.0
   optim.ema_decay = 0.9999
+  # The reference updates its EMA with the constant 0.9999 from the first step (no warmup);
+  # our EMA starts from the parameters, not from a second random init as the reference's.
+  optim.ema_warmup = False
 
   training = config.training
   training.batch_size = 1024

@@ -114,7 +114,10 @@ def step_config(config: Any) -> ml_collections.FrozenConfigDict:
       'model': config.model,
       'diffusion': config.diffusion,
       'optim': config.optim,
-      'training': {'num_steps': config.training.num_steps},
+      'training': {
+        'num_steps': config.training.num_steps,
+        'batch_size': config.training.batch_size,  # EDM's EMA half-life is in images.
+      },
     }
   )
 
@@ -124,6 +127,7 @@ def _cached_setup(config: Any, mesh: jax.sharding.Mesh) -> TrainSetup:
   model, objective = config_validation.build_model_and_objective(config)
   optim_cfg = optim.OptimConfig.from_config(config.optim, config.training.num_steps)
   tx, lr_schedule = optim.create_optimizer(optim_cfg)
+  batch_size = int(config.training.batch_size)  # global, for the EMA half-life in images
   conditional = int(config.data.num_classes) > 0
 
   def init_fn(rng: jax.Array) -> TrainState:
@@ -161,7 +165,7 @@ def _cached_setup(config: Any, mesh: jax.sharding.Mesh) -> TrainSetup:
     (loss, (metrics, obj_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = optim.ema_decay_at(state.step, optim_cfg.ema_decay, optim_cfg.ema_warmup)
+    decay = optim.ema_decay_for(optim_cfg, state.step, batch_size)
     ema_params = optim.ema_update(state.ema_params, params, decay)
     new_state = state.replace(
       step=state.step + 1,

@@ -28,7 +28,9 @@ RIN_BASE = f'{PIX2SEQ} configs/config_diffusion_base.py'
 PIX2SEQ_LAMB = f'{PIX2SEQ} models/model_utils.py build_optimizer (LAMB has no clipnorm)'
 PIX2SEQ_SAMPLER = f'{PIX2SEQ} models/diffusion_utils.py Scheduler.transition_step'
 PIX2SEQ_GUIDANCE = f'{PIX2SEQ} models/diffusion_utils.py Scheduler.generate'
-PAPER_CHEN = 'Chen 2023, Sec. 4 (training setup)'
+PIX2SEQ_TAPE = f'{PIX2SEQ} architectures/tape.py'
+PIX2SEQ_EMA = f'{PIX2SEQ} models/image_diffusion_model.py Trainer.train_step'
+PIX2SEQ_LR = f'{PIX2SEQ} models/model_utils.py WarmUpAndDecay'
 
 NAME = 'recipes'
 
@@ -54,6 +56,9 @@ def _rin_common(sweep: str) -> list[Setting]:
     Setting('diffusion.normalize', 'none', RIN_BASE, 'normalize_noisy_input=False'),
     Setting('diffusion.self_cond_rate', 0.9, sweep, "self_cond='latent', rate 0.9"),
     Setting('diffusion.label_drop_prob', 0.0, RIN_BASE, 'cond_dropout=0.'),
+    Setting('model.write_kv_norm', False, RIN_BASE, 'xattn_enc_ln=False'),
+    Setting('model.stem_norm', True, PIX2SEQ_TAPE, 'LayerNorm on the patch embeddings'),
+    Setting('model.tape_pos_init', 'random', sweep, "tape_pos_encoding='learned'"),
     Setting('model.num_latents', 128, sweep, 'latent_slots'),
     Setting('model.latent_mlp_ratio', 4, sweep),
     Setting('model.latent_heads', 16, sweep, 'latent_num_heads'),
@@ -65,6 +70,8 @@ def _rin_common(sweep: str) -> list[Setting]:
     Setting('optim.eps', 1e-8, RIN_BASE),
     Setting('optim.grad_clip', 0.0, PIX2SEQ_LAMB),
     Setting('optim.ema_decay', 0.9999, sweep),
+    Setting('optim.ema_warmup', False, PIX2SEQ_EMA, 'constant decay from step 0'),
+    Setting('optim.end_lr_factor', 0.0, sweep, 'end_lr_factor'),
     Setting('training.num_steps', 150_000, sweep),
     Setting('data.random_flip', True, RIN_BASE, "flipping='left_right'"),
     Setting('sample.sampler', 'chen_ddpm', sweep, "sampler_name='ddpm' (eval args)"),
