@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.prediction = 'eps'
   diffusion.self_cond_rate = 0.0
   diffusion.label_drop_prob = 0.0
+  diffusion.rescale_timesteps = True  # t * 1000 / T: the index itself at T = 1000
   diffusion.fixed_variance = 'large'  # sigma_t^2 = beta_t; the paper found 'small' similar.
 
   optim = config.optim

@@ -9,8 +9,16 @@ L = 232 levels, noise-unconditional network s(x) / sigma (Technique 3), Adam 1e-
 batch 128, 300k steps, EMA 0.999 (Technique 5); sampling with T = 5 Langevin steps per
 level, eps = 6.2e-6 (Technique 4) and a final denoising step. The paper's network is a
 RefineNet with 128 base channels; this project substitutes its U-Net of the same width
-(no attention, no dropout), so parameter counts differ from the paper. The paper's
-sigmas are for data in [0, 1]; on [-1, 1] data pairwise distances double (Technique 1).
+(no attention, no dropout), so parameter counts differ from the paper.
+
+Data range: the paper's sigmas and eps are for data in [0, 1] (the reference's
+`configs/cifar10.yml` has `rescaled: false`). This config keeps them verbatim and feeds
+the network [0, 1] data (`diffusion.data_range = 'unit'`): the objective maps the
+pipeline's [-1, 1] to (x + 1) / 2 and its samples back. The equivalent on [-1, 1]
+(`data_range = 'symmetric'`) is sigma_1 = 100, sigma_L = 0.02, eps = 2.48e-5.
+The loss is the reference's: 1/2 ||F(x~) + z||^2 summed over the 3072 dimensions,
+averaged over the batch. Sampling starts from uniform noise and clamps the final
+denoised samples to the data range, as the reference does.
 """
 
 import ml_collections
@@ -32,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.sigma_max = 50.0
   diffusion.sigma_min = 0.01
   diffusion.num_levels = 232
+  diffusion.data_range = 'unit'  # the ladder above is for [0, 1] data
+  diffusion.ncsn_loss_reduction = 'sum'
 
   optim = config.optim
   optim.learning_rate = 1e-4
@@ -46,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   sample.sampler = 'langevin'
   sample.num_steps = 232  # one annealing stage per noise level.
   sample.n_steps_each = 5  # T
-  sample.step_lr = 6.2e-6  # eps
-  sample.clip_x0 = False
+  sample.step_lr = 6.2e-6  # eps, in the network's [0, 1] units
+  sample.clip_x0 = True  # clamps only the final sample; Langevin scores are never clipped
   config.eval.metrics = ('fid', 'is')
   return config

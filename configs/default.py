@@ -84,6 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.beta_schedule = 'linear'  # 'linear' | 'cosine'
   diffusion.loss = 'simple'  # 'simple' | 'hybrid' | 'vlb'
   diffusion.importance_sampling = False
+  diffusion.rescale_timesteps = True  # model input t * 1000 / T (improved-diffusion).
   # EDM.
   diffusion.sigma_data = 0.5
   diffusion.p_mean = -1.2
@@ -92,6 +93,8 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.sigma_max = 50.0
   diffusion.sigma_min = 0.01
   diffusion.num_levels = 232
+  diffusion.data_range = 'unit'  # network data: 'unit' [0, 1] (reference) | 'symmetric' [-1, 1]
+  diffusion.ncsn_loss_reduction = 'sum'  # 'sum' over dims (reference) | 'mean'
 
   # Optimizer (diffusion_jax/optim.py).
   config.optim = optim = ml_collections.ConfigDict()

@@ -211,19 +211,37 @@ def edm_sigma_to_logsnr(sigma: ArrayLike) -> jax.Array:
 
 
 def linear_betas(
-  num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+  num_timesteps: int = 1000,
+  beta_start: float = 1e-4,
+  beta_end: float = 0.02,
+  reference_steps: int | None = 1000,
 ) -> np.ndarray:
-  """DDPM's linear betas from beta_start to beta_end, float64 [T].
+  """DDPM's linear betas, stretched to keep their shape for any T: float64 [T].
 
-  Source: Ho 2020 (DDPM), Section 4.
+  With `reference_steps` R the endpoints are scaled by R / T, so T = 4000 takes
+  betas 2.5e-5 .. 0.005 and the chain's abar curve stays that of T = R (at T = R the
+  scale is exactly 1, DDPM's own schedule). `reference_steps=None` keeps the endpoints
+  as given for every T.
+
+  Source: Ho 2020 (DDPM), Section 4; Nichol & Dhariwal 2021 code
+  (`gaussian_diffusion.get_named_beta_schedule`, 'linear').
   """
   num_timesteps = _check_count('num_timesteps', num_timesteps)
   _check_order('beta_start', beta_start, 'beta_end', beta_end)
-  if not (0.0 < beta_start and beta_end <= 1.0):
-    raise ValueError(f'betas must lie in (0, 1]: got beta_start={beta_start}, beta_end={beta_end}.')
-  if num_timesteps == 1:
-    return np.array([beta_end], dtype=np.float64)
-  return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+  scale = 1.0
+  if reference_steps is not None:
+    scale = _check_count('reference_steps', reference_steps) / num_timesteps
+  lo, hi = scale * beta_start, scale * beta_end
+  if not (0.0 < lo and hi <= 1.0):
+    hint = ''
+    if scale != 1.0:
+      hint = (
+        f' (beta_start={beta_start}, beta_end={beta_end} scaled by {reference_steps} / '
+        f'{num_timesteps}); use num_timesteps >= {math.ceil(reference_steps * beta_end)} '
+        'or reference_steps=None'
+      )
+    raise ValueError(f'betas must lie in (0, 1]: got beta_start={lo}, beta_end={hi}{hint}.')
+  return np.linspace(lo, hi, num_timesteps, dtype=np.float64)
 
 
 def cosine_alpha_bar(t: ArrayLike, s: float = 0.008) -> np.ndarray:
@@ -240,15 +258,19 @@ def cosine_betas(
 ) -> np.ndarray:
   """Improved DDPM's cosine betas, beta_t = min(1 - abar_t / abar_{t-1}, max_beta), float64 [T].
 
-  Source: Nichol & Dhariwal 2021 (Improved DDPM), Eq. 17 and Section 3.2.
+  The ratio is taken of f itself (f(0) cancels), in the reference code's order of
+  operations.
+
+  Source: Nichol & Dhariwal 2021 (Improved DDPM), Eq. 17 and Section 3.2; its code,
+  `gaussian_diffusion.betas_for_alpha_bar`.
   """
   num_timesteps = _check_count('num_timesteps', num_timesteps)
   _check_positive('s', s)
   if not 0.0 < max_beta < 1.0:
     raise ValueError(f'max_beta must be in (0, 1), got {max_beta}.')
-  steps = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
-  abar = cosine_alpha_bar(steps, s)
-  return np.minimum(1.0 - abar[1:] / abar[:-1], max_beta)
+  f = lambda u: math.cos((u + s) / (1.0 + s) * math.pi / 2) ** 2
+  ratios = [f((i + 1) / num_timesteps) / f(i / num_timesteps) for i in range(num_timesteps)]
+  return np.minimum(1.0 - np.asarray(ratios, np.float64), max_beta)
 
 
 _BETA_SCHEDULES = {'linear': linear_betas, 'cosine': cosine_betas}
@@ -257,7 +279,10 @@ _BETA_SCHEDULES = {'linear': linear_betas, 'cosine': cosine_betas}
 def get_betas(name: str, num_timesteps: int = 1000) -> np.ndarray:
   """Betas of a named discrete schedule ('linear' DDPM or 'cosine' Improved DDPM), float64 [T].
 
-  Source: Ho 2020 (linear); Nichol & Dhariwal 2021 (cosine).
+  'linear' is scaled by 1000 / T as in the Improved DDPM code (unchanged at T = 1000).
+
+  Source: Ho 2020 (linear); Nichol & Dhariwal 2021 (cosine; code,
+  `get_named_beta_schedule`).
   """
   if name not in _BETA_SCHEDULES:
     raise ValueError(
@@ -383,18 +408,39 @@ def _parse_counts(items, spec) -> list[int]:
     ) from None
 
 
+def _strided_section(start: int, size: int, count: int) -> list[int]:
+  """`count` indices from a section [start, start + size), first and last kept.
+
+  The position is accumulated in floating point (x += stride, then rounded with
+  Python's round-half-to-even), not computed as round(j * stride): the two differ
+  for some counts (e.g. 21, 23 and 31 out of 1000), and the accumulated form is
+  the reference's.
+  """
+  stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
+  pos, out = 0.0, []
+  for _ in range(count):
+    out.append(start + round(pos))
+    pos += stride
+  return out
+
+
 def space_timesteps(num_timesteps: int, spec: int | str | Sequence) -> np.ndarray:
   """Sorted indices in [0, T - 1] of a sampling subsequence.
 
-  Source: Nichol & Dhariwal 2021 (Improved DDPM code, `space_timesteps`); Song 2021
-  (DDIM, Section 5 'uniform'); Lin 2024 (Common Diffusion Noise Schedules, Table 2).
+  The integer, list, 'N1,N2,...' and 'ddimN' forms give exactly the indices of the
+  Improved DDPM code's `space_timesteps`.
+
+  Source: Nichol & Dhariwal 2021 (Improved DDPM code, `respace.space_timesteps`); Song
+  2021 (DDIM, Section 5 'uniform'); Lin 2024 (Common Diffusion Noise Schedules, Table 2).
 
   Args:
     num_timesteps: T of the training chain.
     spec: one of
       - an int N, a list of ints, or a string '10,15,20': the chain is cut into equal
-        sections and each is strided evenly with that many steps (first and last kept);
-      - 'ddimN': the integer stride k with len(range(0, T, k)) == N;
+        sections (the first T mod k one longer) and each is strided evenly with that
+        many steps (first and last kept; a count of 0 skips its section);
+      - 'ddimN': the smallest integer stride k in [1, T - 1] with
+        len(range(0, T, k)) == N;
       - ('leading' | 'trailing' | 'linspace', N): DDIM-style spacings.
   """
   T = _check_count('num_timesteps', num_timesteps)
@@ -415,7 +461,8 @@ def space_timesteps(num_timesteps: int, spec: int | str | Sequence) -> np.ndarra
     return np.asarray(out, dtype=np.int64)
   if isinstance(spec, str) and spec.startswith('ddim'):
     n = _parse_counts(spec[4:], spec)[0]
-    for stride in range(1, T + 1):
+    # Strides stop at T - 1 as in the reference, so 'ddim1' has no solution for T > 1.
+    for stride in range(1, T):
       if len(range(0, T, stride)) == n:
         return np.arange(0, T, stride, dtype=np.int64)
     raise ValueError(f'spec {spec!r}: no integer stride gives exactly {n} steps out of {T}.')
@@ -425,18 +472,33 @@ def space_timesteps(num_timesteps: int, spec: int | str | Sequence) -> np.ndarra
     counts = [int(spec)]
   else:
     counts = _parse_counts(spec, spec)
-  if not counts or any(c < 1 for c in counts):
-    raise ValueError(f'spec section counts must all be >= 1, got {counts}.')
+  if not counts or any(c < 0 for c in counts) or sum(counts) < 1:
+    raise ValueError(f'spec section counts must be >= 0 with at least one step, got {counts}.')
   size_per, extra = divmod(T, len(counts))
   start, steps = 0, []
   for i, count in enumerate(counts):
     size = size_per + (1 if i < extra else 0)
     if size < count:
       raise ValueError(f'spec: cannot take {count} steps from a section of {size} (T={T}).')
-    stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-    steps += [start + round(j * stride) for j in range(count)]
+    steps += _strided_section(start, size, count)
     start += size
   return np.asarray(sorted(set(steps)), dtype=np.int64)
+
+
+def scale_timesteps(t: ArrayLike, num_timesteps: int, rescale: bool = True) -> jax.Array:
+  """The timestep a discrete model is fed for (original, 0-based) index t.
+
+  With `rescale`, t * 1000 / T, so models of any chain length see inputs in
+  [0, 1000) (Improved DDPM's `rescale_timesteps`, its scripts' default); else t.
+  For a respaced chain pass the original indices and the original T, as the
+  reference's `_WrappedModel` does.
+
+  Source: Nichol & Dhariwal 2021 code (`GaussianDiffusion._scale_timesteps`,
+  `respace._WrappedModel`).
+  """
+  num_timesteps = _check_count('num_timesteps', num_timesteps)
+  t = jnp.asarray(t, jnp.float32)
+  return t * (1000.0 / num_timesteps) if rescale else t
 
 
 # ---------------------------------------------------------------------------

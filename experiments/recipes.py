@@ -32,6 +32,17 @@ PIX2SEQ_TAPE = f'{PIX2SEQ} architectures/tape.py'
 PIX2SEQ_EMA = f'{PIX2SEQ} models/image_diffusion_model.py Trainer.train_step'
 PIX2SEQ_LR = f'{PIX2SEQ} models/model_utils.py WarmUpAndDecay'
 
+EDM_TRAIN = 'NVlabs/edm train.py (defaults, --cond=1 --arch=ddpmpp)'
+EDM_LOOP = 'NVlabs/edm training/training_loop.py'
+EDM_LOSS = 'NVlabs/edm training/loss.py EDMLoss'
+EDM_SAMPLER = 'NVlabs/edm generate.py edm_sampler'
+
+DDPM_RUN = 'hojonathanho/diffusion scripts/run_cifar.py train()'
+IDDPM_README = 'openai/improved-diffusion README.md (CIFAR-10 L_hybrid flags)'
+IDDPM_DEFAULTS = 'openai/improved-diffusion improved_diffusion/script_util.py defaults'
+IDDPM_TRAIN = 'openai/improved-diffusion scripts/image_train.py, train_util.py'
+NCSN_YML = 'ermongroup/ncsnv2 configs/cifar10.yml'
+
 NAME = 'recipes'
 
 
@@ -122,7 +133,203 @@ RECIPES: dict[str, list[Setting]] = {
     Setting('training.batch_size', 256, RIN_SWEEP_C10),
     Setting('sample.num_steps', 1000, RIN_SWEEP_C10, 'infer_iterations 400 / 1000'),
   ],
+  'cifar10_ddpm': [
+    Setting('diffusion.objective', 'ddpm', DDPM_RUN),
+    Setting('diffusion.num_timesteps', 1000, DDPM_RUN, 'num_diffusion_timesteps'),
+    Setting('diffusion.beta_schedule', 'linear', DDPM_RUN, '1e-4 .. 0.02'),
+    Setting('diffusion.prediction', 'eps', DDPM_RUN, "model_mean_type='eps'"),
+    Setting('diffusion.loss', 'simple', DDPM_RUN, "loss_type='mse'"),
+    Setting('diffusion.fixed_variance', 'large', DDPM_RUN, "model_var_type='fixedlarge'"),
+    Setting('model.base_channels', 128, DDPM_RUN, "'unet2d16b2': ch=128"),
+    Setting('model.channel_mults', (1, 2, 2, 2), DDPM_RUN, 'ch_mult'),
+    Setting('model.num_res_blocks', 2, DDPM_RUN, 'num_res_blocks'),
+    Setting('model.attention_resolutions', (16,), DDPM_RUN, 'attn_resolutions'),
+    Setting('model.dropout', 0.1, DDPM_RUN),
+    Setting('model.class_conditional', False, DDPM_RUN),
+    Setting('data.random_flip', True, DDPM_RUN, 'randflip=1'),
+    Setting('optim.name', 'adam', DDPM_RUN),
+    Setting('optim.learning_rate', 2e-4, DDPM_RUN, 'lr'),
+    Setting('optim.warmup_steps', 5000, DDPM_RUN, 'warmup'),
+    Setting('optim.grad_clip', 1.0, DDPM_RUN),
+    Setting('optim.ema_decay', 0.9999, 'Ho et al. 2020, Appendix B'),
+    Setting('training.batch_size', 128, DDPM_RUN, 'total_bs'),
+    Setting('sample.sampler', 'ddpm', DDPM_RUN, 'p_sample_loop'),
+    Setting('sample.num_steps', 1000, DDPM_RUN),
+  ],
+  'cifar10_iddpm': [
+    Setting('diffusion.objective', 'iddpm', IDDPM_README),
+    Setting('diffusion.num_timesteps', 4000, IDDPM_README, '--diffusion_steps'),
+    Setting('diffusion.beta_schedule', 'cosine', IDDPM_README, '--noise_schedule'),
+    Setting('diffusion.loss', 'hybrid', IDDPM_DEFAULTS, 'learn_sigma + rescale_learned_sigmas'),
+    Setting('diffusion.rescale_timesteps', True, IDDPM_DEFAULTS),
+    Setting('model.learn_variance', True, IDDPM_README, '--learn_sigma True'),
+    Setting('model.base_channels', 128, IDDPM_README, '--num_channels'),
+    Setting('model.num_res_blocks', 3, IDDPM_README),
+    Setting('model.dropout', 0.3, IDDPM_README),
+    Setting('model.num_heads', 4, IDDPM_DEFAULTS),
+    Setting('model.attention_resolutions', (16, 8), IDDPM_DEFAULTS),
+    Setting('model.scale_shift_norm', True, IDDPM_DEFAULTS, 'use_scale_shift_norm'),
+    Setting('data.random_flip', False, IDDPM_TRAIN, 'image_datasets.py: no flips'),
+    Setting('optim.learning_rate', 1e-4, IDDPM_README, '--lr'),
+    Setting('optim.weight_decay', 0.0, IDDPM_TRAIN),
+    Setting('optim.warmup_steps', 0, IDDPM_TRAIN),
+    Setting('optim.grad_clip', 0.0, IDDPM_TRAIN),
+    Setting('optim.ema_decay', 0.9999, IDDPM_TRAIN, 'ema_rate'),
+    Setting('training.batch_size', 128, IDDPM_README, '--batch_size'),
+  ],
+  'cifar10_ncsnv2': [
+    Setting('diffusion.objective', 'ncsn', NCSN_YML),
+    Setting('diffusion.sigma_max', 50.0, NCSN_YML, 'sigma_begin'),
+    Setting('diffusion.sigma_min', 0.01, NCSN_YML, 'sigma_end'),
+    Setting('diffusion.num_levels', 232, NCSN_YML, 'num_classes'),
+    Setting('diffusion.data_range', 'unit', NCSN_YML, 'rescaled: false'),
+    Setting('diffusion.ncsn_loss_reduction', 'sum', 'ermongroup/ncsnv2 losses/dsm.py'),
+    Setting('data.random_flip', True, NCSN_YML),
+    Setting('optim.name', 'adam', NCSN_YML),
+    Setting('optim.learning_rate', 1e-4, NCSN_YML, 'lr'),
+    Setting('optim.eps', 1e-8, NCSN_YML),
+    Setting('optim.weight_decay', 0.0, NCSN_YML),
+    Setting('optim.ema_decay', 0.999, NCSN_YML, 'ema_rate'),
+    Setting('training.batch_size', 128, NCSN_YML),
+    Setting('training.num_steps', 300_000, NCSN_YML, 'n_iters'),
+    Setting('sample.sampler', 'langevin', NCSN_YML),
+    Setting('sample.n_steps_each', 5, NCSN_YML),
+    Setting('sample.step_lr', 6.2e-6, NCSN_YML),
+  ],
+  'cifar10_edm': [
+    Setting('diffusion.objective', 'edm', EDM_TRAIN, '--precond=edm'),
+    Setting('diffusion.sigma_data', 0.5, EDM_LOSS),
+    Setting('diffusion.p_mean', -1.2, EDM_LOSS),
+    Setting('diffusion.p_std', 1.2, EDM_LOSS),
+    Setting('model.class_conditional', True, EDM_TRAIN, '--cond=1'),
+    Setting('model.base_channels', 128, EDM_TRAIN, 'model_channels (ddpmpp)'),
+    Setting('model.channel_mults', (2, 2, 2), EDM_TRAIN, 'channel_mult (ddpmpp)'),
+    Setting('model.dropout', 0.13, EDM_TRAIN, '--dropout'),
+    Setting('model.augment_dim', 9, EDM_TRAIN, 'augment_dim'),
+    Setting('data.augment_prob', 0.12, EDM_TRAIN, '--augment'),
+    Setting('data.random_flip', False, EDM_TRAIN, '--xflip=False'),
+    Setting('optim.name', 'adam', EDM_TRAIN, 'torch.optim.Adam'),
+    Setting('optim.learning_rate', 1e-3, EDM_TRAIN, '--lr'),
+    Setting('optim.b1', 0.9, EDM_TRAIN, 'betas'),
+    Setting('optim.b2', 0.999, EDM_TRAIN, 'betas'),
+    Setting('optim.eps', 1e-8, EDM_TRAIN),
+    Setting('optim.warmup_steps', 10_000_000 // 512, EDM_LOOP, 'lr_rampup_kimg=10000'),
+    Setting('optim.ema_halflife_kimg', 500.0, EDM_TRAIN, '--ema=0.5 (Mimg)'),
+    Setting('optim.ema_rampup_ratio', 0.05, EDM_LOOP, 'ema_rampup_ratio'),
+    Setting('training.batch_size', 512, EDM_TRAIN, '--batch'),
+    Setting('training.num_steps', 200_000_000 // 512, EDM_TRAIN, '--duration=200 (Mimg)'),
+    Setting('sample.sampler', 'edm_heun', EDM_SAMPLER),
+    Setting('sample.num_steps', 18, EDM_SAMPLER),
+    Setting('sample.sigma_min', 0.002, EDM_SAMPLER),
+    Setting('sample.sigma_max', 80.0, EDM_SAMPLER),
+    Setting('sample.rho', 7.0, EDM_SAMPLER),
+    Setting('sample.s_churn', 0.0, EDM_SAMPLER, 'S_churn'),
+  ],
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeFact:
+  """Reference behaviour that lives in code, not in a config key, and the test that pins it."""
+
+  behaviour: str
+  reference: str
+  option: str  # the config key that selects the non-reference variant, or ''
+  test: str
+
+
+CODE_FACTS: list[CodeFact] = [
+  CodeFact(
+    'LAMB trust ratio per layer of scanned stacks and per q / k / v slice of fused kernels',
+    'tfa LAMB on Keras variables, one per layer and per projection (' + PIX2SEQ_LAMB + ')',
+    '',
+    'tests/test_optim.py::test_three_lamb_steps_agree_between_scanned_and_unrolled_layers, '
+    '::test_lamb_on_stacked_fused_kernel_equals_lamb_per_variable',
+  ),
+  CodeFact(
+    'no weight decay or trust ratio on biases and LayerNorm parameters',
+    f"exclude_from_weight_decay='bias,beta,gamma' ({RIN_BASE})",
+    '',
+    'tests/test_optim.py::test_lamb_step_matches_numpy_reference',
+  ),
+  CodeFact(
+    'warmup step / W * peak, then the decay evaluated at step - W (cosine@r, linear, exp@r)',
+    PIX2SEQ_LR,
+    'optim.lr_schedule',
+    'tests/test_optim.py::test_lr_schedule_matches_float64_reference',
+  ),
+  CodeFact(
+    'RIN write unit: keys / values are the raw latents',
+    f'xattn_enc_ln=False ({PIX2SEQ_TAPE})',
+    'model.write_kv_norm',
+    'tests/test_models.py::test_read_and_write_units_match_the_reference_transcription',
+  ),
+  CodeFact(
+    'RIN dropout only on the latent MLP hidden units, drop-path on the compute residuals',
+    f'{PIX2SEQ} architectures/transformers.py TransformerEncoderLayer',
+    '',
+    'tests/test_models.py::test_rin_train_mode_dropout, '
+    '::test_rin_dropout_lives_only_in_the_compute_layers',
+  ),
+  CodeFact(
+    'exact (erf) GELU in the RIN MLPs',
+    f'{PIX2SEQ} architectures/transformers.py FeedForwardLayer (tf.nn.gelu)',
+    '',
+    'tests/test_models.py::test_mlp_gelu_is_the_exact_erf_form',
+  ),
+  CodeFact(
+    'time token: standardised sinusoids of 1000 gamma -> Dense -> SiLU -> Dense',
+    f'{PIX2SEQ} architectures/transunet.py ScalarEmbedding (normalize=True)',
+    '',
+    'tests/test_models.py::test_time_features_are_the_reference_standardised_sinusoids',
+  ),
+  CodeFact(
+    'glorot_uniform kernels, zero biases; Keras MultiHeadAttention fans per projection',
+    'Keras defaults; tf.keras.layers.MultiHeadAttention',
+    '',
+    'tests/test_models.py::test_fused_attention_kernels_get_keras_per_projection_fans, '
+    '::test_rin_init_is_the_keras_default',
+  ),
+  CodeFact(
+    'Chen DDPM step with the large variance 1 - alpha_ts; x0 returned',
+    PIX2SEQ_SAMPLER,
+    'sample.chen_ddpm_variance',
+    'tests/test_samplers_discrete.py::test_chen_ddpm_matches_float64_reference_transition',
+  ),
+  CodeFact(
+    'guidance with self-conditioning: both passes read the conditional latents',
+    PIX2SEQ_GUIDANCE,
+    'sample.guidance_carry',
+    'tests/test_samplers_edm.py::test_guidance_combines_conditional_and_unconditional',
+  ),
+  CodeFact(
+    'EMA half-life in images with ramp-up: beta = 0.5 ** (B / min(h, ratio * nimg))',
+    EDM_LOOP,
+    'optim.ema_halflife_kimg',
+    'tests/test_optim.py::test_edm_ema_decay_matches_float64_reference',
+  ),
+  CodeFact(
+    'linear betas scaled by 1000 / T; space_timesteps with the accumulating stride',
+    'openai/improved-diffusion gaussian_diffusion.get_named_beta_schedule, respace.space_timesteps',
+    '',
+    'tests/test_schedules.py::test_linear_and_cosine_betas_match_improved_diffusion, '
+    '::test_space_timesteps_match_improved_diffusion_for_every_count',
+  ),
+  CodeFact(
+    'model input t * 1000 / T, for respaced chains the original index',
+    'openai/improved-diffusion GaussianDiffusion._scale_timesteps, respace._WrappedModel',
+    'diffusion.rescale_timesteps',
+    'tests/test_objectives_losses.py::test_discrete_model_is_fed_rescaled_timesteps',
+  ),
+  CodeFact(
+    'NCSNv2: network data in [0, 1], summed DSM loss, uniform Langevin start, final clamp',
+    'ermongroup/ncsnv2 datasets/__init__.py, losses/dsm.py, models/__init__.py',
+    'diffusion.data_range, diffusion.ncsn_loss_reduction',
+    'tests/test_objectives_losses.py::'
+    'test_cifar10_ncsnv2_ladder_is_the_papers_relative_to_the_data, '
+    'tests/test_samplers_langevin.py::test_ncsn_objective_sampler_matches_the_reference_loop',
+  ),
+]
 
 
 def config_value(config: Any, key: str) -> Any:
@@ -182,6 +389,11 @@ def render() -> str:
     lines.append(
       report.markdown_table(('setting', 'ours', 'reference', 'reference name', 'source'), rows)
     )
+  lines += ['', '## Behaviour in code (every config)', '']
+  rows = [(f.behaviour, f.reference, f.option or '-', f.test) for f in CODE_FACTS]
+  lines.append(
+    report.markdown_table(('behaviour', 'reference', 'option for the variant', 'test'), rows)
+  )
   return '\n'.join(lines) + '\n'
 
 

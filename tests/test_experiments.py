@@ -355,3 +355,18 @@ def test_recipes_page_is_up_to_date():
 
   with open(os.path.join(recipes.report.RESULTS_DIR, 'recipes.md')) as f:
     assert f.read() == recipes.render(), 'run `python -m experiments.recipes` and commit the page'
+
+
+def test_every_code_fact_names_a_test_that_exists():
+  from experiments import recipes
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for fact in recipes.CODE_FACTS:
+    path = None
+    for ref in fact.test.split(', '):
+      if '::' in ref and not ref.startswith('::'):
+        path, name = ref.split('::')
+      else:
+        name = ref[2:]
+      with open(os.path.join(root, path)) as f:
+        assert f'def {name}(' in f.read(), f'{path}::{name} is missing'

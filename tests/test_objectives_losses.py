@@ -1,5 +1,6 @@
 """Tests of the training objectives: noising, targets, EDM, NCSN, self-conditioning, bridges."""
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax import parameterization
+from diffusion_jax import schedules as schedules_lib
 from diffusion_jax.objectives import DiffusionConfig, create_objective, self_conditioning
 from diffusion_jax.objectives.chen import noise_input, prediction_target
 from diffusion_jax.objectives.edm import effective_target
@@ -99,7 +101,9 @@ def _oracle(obj, v=None):
     def apply(
       params, x, noise_level, label=None, self_cond=None, augment=None, train=False, rng=None
     ):
-      sigma = parameterization.timestep_to_edm_sigma(noise_level, obj.schedule)
+      # The model is fed t * 1000 / T (rescale_timesteps): undo it to find its level.
+      t = noise_level * (cfg.num_timesteps / 1000.0) if cfg.rescale_timesteps else noise_level
+      sigma = parameterization.timestep_to_edm_sigma(t, obj.schedule)
       abar = (1.0 / (1.0 + sigma**2)).reshape(-1, 1, 1, 1)
       x0 = jnp.full_like(x, C)
       eps = (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1 - abar)
@@ -203,6 +207,35 @@ def test_exact_model_zero_loss_exact_denoiser_jit_grad_vmap(case):
   assert np.isfinite(float(grads['w'])) and abs(float(bad_grads['w'])) > 0
 
 
+@pytest.mark.parametrize('rescale', [True, False])
+def test_discrete_model_is_fed_rescaled_timesteps(rescale):
+  """Improved DDPM's rescale_timesteps: a T = 4000 model sees t * 1000 / T in training and,
+  over a respaced chain, the original indices S_i rescaled by the original T."""
+  T = 4000
+  obj = create_objective(
+    _cfg(objective='iddpm', num_timesteps=T, beta_schedule='cosine', rescale_timesteps=rescale)
+  )
+  fed = []
+
+  def apply(params, x, noise_level, **_):
+    jax.debug.callback(lambda t: fed.append(np.asarray(t)), noise_level)
+    return jnp.zeros_like(x), None
+
+  per_step = np.float32(1000.0 / T) if rescale else np.float32(1.0)
+  _, metrics, _ = obj.loss(apply, {}, {'image': jnp.zeros((256, 2, 2, 1))}, jax.random.key(1), {})
+  jax.effects_barrier()
+  index = np.round(np.asarray(metrics['noise_t'], np.float64) * T - 1.0).astype(np.float32)
+  assert index.max() > 1000  # the draws reach past 1000, where rescaling matters
+  np.testing.assert_array_equal(fed[-1], index * per_step)
+  for sampler in ('ddpm', 'ddim'):
+    fed.clear()
+    noise = jax.random.normal(jax.random.key(2), (2, 2, 2, 1))
+    obj.sample(apply, {}, noise, None, jax.random.key(3), dict(sampler=sampler, num_steps=10))
+    jax.effects_barrier()
+    want = schedules_lib.space_timesteps(T, 10).astype(np.float32) * per_step  # [10]
+    np.testing.assert_array_equal(np.unique(np.concatenate(fed)), want)
+
+
 # ---------------------------------------------------------------------------
 # EDM and NCSN.
 
@@ -230,29 +263,83 @@ def test_edm_sigma_distribution_is_log_normal():
   assert abs(log_sigma.std() - 1.2) < 5 * 1.2 / math.sqrt(2 * n)
 
 
-def test_ncsn_loss_is_minimized_by_the_true_score():
-  """Gaussian data N(0, s^2): the score of x~ at level sigma is -x~ / (s^2 + sigma^2)."""
-  s, sigma, b = 0.6, 0.8, 4096
-  obj = create_objective(_cfg(objective='ncsn', sigma_max=sigma, sigma_min=0.1, num_levels=1))
-  batch = {'image': s * jax.random.normal(jax.random.key(6), (b, 2, 2, 1))}
+@pytest.mark.parametrize(
+  'data_range,reduction', [('unit', 'sum'), ('symmetric', 'mean'), ('unit', 'mean')]
+)
+def test_ncsn_loss_is_minimized_by_the_true_score(data_range, reduction):
+  """Gaussian data: in the network's range N(mu, s_n^2), the score of x~ at level sigma
+  is -(x~ - mu) / (s_n^2 + sigma^2), and the loss there has a closed form."""
+  m, s, sigma, b = 0.2, 0.6, 0.8, 4096
+  obj = create_objective(
+    _cfg(
+      objective='ncsn',
+      sigma_max=sigma,
+      sigma_min=0.1,
+      num_levels=1,
+      data_range=data_range,
+      ncsn_loss_reduction=reduction,
+    )
+  )
+  a, c = {'unit': (0.5, 0.5), 'symmetric': (1.0, 0.0)}[data_range]  # x_net = a x + c
+  mu, s_n = a * m + c, a * s
+  batch = {'image': m + s * jax.random.normal(jax.random.key(6), (b, 2, 2, 1))}
+  dim = 4
 
   def apply(params, x, noise_level, **_):
-    return params['theta'] * x, None  # F = sigma * score is linear for Gaussian data
+    return params['theta'] * (x - mu), None  # F = sigma * score is affine for Gaussian data
 
   def loss(theta):
     l, metrics, _ = obj.loss(apply, {'theta': theta}, batch, jax.random.key(7), {})
     return l, metrics['loss_per_example']
 
-  theta_star = -sigma / (s**2 + sigma**2)  # F* = sigma * score
+  theta_star = -sigma / (s_n**2 + sigma**2)  # F* = sigma * score
   value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
   (value, per_ex), grad = value_and_grad(jnp.float32(theta_star))
   se = float(jnp.std(per_ex)) / math.sqrt(b)
-  assert abs(float(value) - 0.5 * s**2 / (s**2 + sigma**2)) < 5 * se
+  # 1/2 sigma^2 ||s + z / sigma||^2 per dimension is s_n^2 / (s_n^2 + sigma^2) / 2 at the
+  # optimum; the reference sums it over the D dimensions.
+  want = 0.5 * s_n**2 / (s_n**2 + sigma**2) * (dim if reduction == 'sum' else 1)
+  assert abs(float(value) - want) < 5 * se
   # The gradient at theta* is zero up to Monte Carlo noise; moving away raises the loss.
-  x_sq = float(jnp.mean(jnp.square(batch['image']))) + sigma**2
-  assert abs(float(grad)) < 5 * math.sqrt(x_sq / (b * 4)) + 1e-3
+  x_sq = s_n**2 + sigma**2
+  scale = dim if reduction == 'sum' else 1
+  assert abs(float(grad)) < scale * (5 * math.sqrt(x_sq / (b * 4)) + 1e-3)
   for d in (-0.3, 0.3):
-    assert float(value_and_grad(jnp.float32(theta_star + d))[0][0]) > float(value) + 0.01
+    assert float(value_and_grad(jnp.float32(theta_star + d))[0][0]) > float(value) + 0.01 * scale
+
+
+def test_cifar10_ncsnv2_ladder_is_the_papers_relative_to_the_data():
+  """Technique 1 and 4 on the data range the network sees: the paper's sigma_1 = 50 is
+  50 / sqrt(3072) of the largest distance between [0, 1] images (all 0 vs all 1), and
+  eps = 6.2e-6 is Technique 4's for sigma_L = 0.01, T = 5 on that range."""
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'cifar10_ncsnv2.py')
+  spec = importlib.util.spec_from_file_location('cifar10_ncsnv2', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  obj = create_objective(config.diffusion, config.model, config.data)
+  d = config.data.image_size**2 * config.data.num_channels
+  # Pipeline images in [-1, 1]: the two extremes and random ones in between.
+  rng = np.random.default_rng(0)
+  shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+  images = np.concatenate(
+    [-np.ones((1, *shape)), np.ones((1, *shape)), rng.uniform(-1, 1, (6, *shape))]
+  ).astype(np.float32)
+  widest = float(schedules_lib.ncsn_sigma_max_from_data(obj.to_network(jnp.asarray(images))))
+  np.testing.assert_allclose(widest, math.sqrt(d), rtol=1e-4)  # sqrt(D) x the range of [0, 1]
+  sigmas = np.asarray(obj.sigmas, np.float64)
+  np.testing.assert_allclose(sigmas[0] / widest, 50.0 / math.sqrt(3072), rtol=1e-4)
+  np.testing.assert_allclose(sigmas[-1] / widest, 0.01 / math.sqrt(3072), rtol=1e-4)
+  # Technique 4 in the network's units gives the configured eps (paper: 6.2e-6).
+  ratio = schedules_lib.ncsn_sigma_ratio(float(sigmas[0]), float(sigmas[-1]), len(sigmas))
+  eps = schedules_lib.ncsn_solve_step_size(ratio, float(sigmas[-1]), config.sample.n_steps_each)
+  assert config.sample.step_lr == pytest.approx(eps, rel=0.01)
+  # The pipeline-space chain the sampler runs is the same ladder: sigma x2, eps x4.
+  assert obj.data_scale == 0.5
+  # Fed [-1, 1] data ('symmetric') the same sigmas would be half as large relative to it.
+  sym = create_objective(dataclasses.replace(obj.config, data_range='symmetric'))
+  widest_sym = float(schedules_lib.ncsn_sigma_max_from_data(sym.to_network(jnp.asarray(images))))
+  assert sigmas[0] / widest_sym == pytest.approx(0.5 * 50.0 / math.sqrt(3072), rel=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -390,6 +477,9 @@ def _default_config() -> ml_collections.ConfigDict:
     (dict(objective='ncsn', sigma_min=60.0), 'config.diffusion.sigma_max'),
     (dict(objective='edm', importance_sampling=True), 'importance_sampling'),
     (dict(normalise='none'), 'unknown keys'),
+    (dict(objective='ncsn', data_range='pixels'), 'config.diffusion.data_range'),
+    (dict(objective='ncsn', ncsn_loss_reduction='avg'), 'config.diffusion.ncsn_loss_reduction'),
+    (dict(objective='ddpm', num_timesteps=10), 'config.diffusion.num_timesteps=10'),
   ],
 )
 def test_config_errors_name_the_key(overrides, match):
@@ -399,6 +489,11 @@ def test_config_errors_name_the_key(overrides, match):
     diffusion[k] = v
   with pytest.raises(ValueError, match=match):
     create_objective(diffusion, cfg.model, cfg.data)
+
+
+def test_rescale_timesteps_must_be_a_bool():
+  with pytest.raises(ValueError, match='config.diffusion.rescale_timesteps'):
+    DiffusionConfig(objective='ddpm', rescale_timesteps='yes')
 
 
 def test_default_config_builds_every_objective():

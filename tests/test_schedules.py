@@ -218,9 +218,9 @@ def test_discrete_schedule_is_a_static_jit_argument():
     traces.append(1)
     return x * schedule.take('alphas_cumprod', jnp.array([0, 9]))
 
-  a = S.DiscreteSchedule.from_name('linear', 10)
+  a = S.DiscreteSchedule.from_name('cosine', 10)
   np.testing.assert_allclose(f(1.0, a), a.alphas_cumprod[[0, 9]], rtol=1e-6)
-  f(2.0, S.DiscreteSchedule.from_name('linear', 10))  # equal tables: cached
+  f(2.0, S.DiscreteSchedule.from_name('cosine', 10))  # equal tables: cached
   assert len(traces) == 1
   f(1.0, a.respace(np.array([0, 4, 9])))  # new tables: a new trace
   assert len(traces) == 2
@@ -232,6 +232,109 @@ def test_space_timesteps_sections():
   assert got.size == 45
   assert np.sum(got < 334) == 10 and np.sum((got >= 334) & (got < 667)) == 15
   assert {0, 333, 334, 666, 667, 999} <= set(got.tolist())
+
+
+# ---------------------------------------------------------------------------
+# Improved DDPM code interop: float64 transcriptions of its `gaussian_diffusion.py`
+# (get_named_beta_schedule, betas_for_alpha_bar) and `respace.py` (space_timesteps).
+
+
+def ref_linear_betas(T):
+  scale = 1000 / T
+  return np.linspace(scale * 0.0001, scale * 0.02, T, dtype=np.float64)
+
+
+def ref_cosine_betas(T, max_beta=0.999):
+  abar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+  return np.array([min(1 - abar((i + 1) / T) / abar(i / T), max_beta) for i in range(T)])
+
+
+def ref_space_timesteps(T, section_counts):
+  if isinstance(section_counts, str):
+    if section_counts.startswith('ddim'):
+      n = int(section_counts[4:])
+      for k in range(1, T):
+        if len(range(0, T, k)) == n:
+          return sorted(range(0, T, k))
+      return None  # the reference raises
+    section_counts = [int(c) for c in section_counts.split(',')]
+  size_per, extra = T // len(section_counts), T % len(section_counts)
+  start, steps = 0, []
+  for i, count in enumerate(section_counts):
+    size = size_per + (1 if i < extra else 0)
+    frac = 1 if count <= 1 else (size - 1) / (count - 1)
+    cur = 0.0
+    for _ in range(count):
+      steps.append(start + round(cur))
+      cur += frac
+    start += size
+  return sorted(set(steps))
+
+
+@pytest.mark.parametrize('T', [20, 50, 1000, 4000])
+def test_linear_and_cosine_betas_match_improved_diffusion(T):
+  np.testing.assert_array_equal(S.get_betas('linear', T), ref_linear_betas(T))
+  np.testing.assert_allclose(S.get_betas('cosine', T), ref_cosine_betas(T), rtol=1e-14, atol=0)
+  if T == 1000:  # DDPM's own schedule: the scale is exactly 1
+    np.testing.assert_array_equal(S.get_betas('linear', T), np.linspace(1e-4, 0.02, 1000))
+  else:  # unscaled endpoints are a different schedule (the test can tell)
+    assert not np.allclose(S.linear_betas(T, reference_steps=None), ref_linear_betas(T))
+    np.testing.assert_array_equal(
+      S.linear_betas(T, reference_steps=None), np.linspace(1e-4, 0.02, T)
+    )
+  if T == 4000:
+    assert S.get_betas('linear', T)[0] == pytest.approx(2.5e-5, rel=1e-15)
+    assert S.get_betas('linear', T)[-1] == pytest.approx(0.005, rel=1e-15)
+
+
+def test_linear_betas_too_short_chain_names_the_fix():
+  with pytest.raises(ValueError, match='num_timesteps >= 20'):
+    S.linear_betas(10)
+
+
+def test_space_timesteps_match_improved_diffusion_for_every_count():
+  for T, counts in [(1000, range(1, 1001)), (4000, [1, 2, 25, 50, 100, 250, 333, 999, 4000])]:
+    for n in counts:
+      want = ref_space_timesteps(T, [n])
+      np.testing.assert_array_equal(S.space_timesteps(T, n), want, err_msg=f'T={T} n={n}')
+      np.testing.assert_array_equal(S.space_timesteps(T, str(n)), want)
+  for T in (7, 37, 250, 1001):
+    for n in range(1, T + 1, max(1, T // 50)):
+      np.testing.assert_array_equal(S.space_timesteps(T, n), ref_space_timesteps(T, [n]))
+  for T, spec in [
+    (1000, '10,15,20'),
+    (1000, '0,5'),
+    (4000, '3,7,11,2'),
+    (300, [10, 15, 20]),
+    (1001, '21,23,31'),
+  ]:
+    np.testing.assert_array_equal(S.space_timesteps(T, spec), ref_space_timesteps(T, spec))
+  # An accumulated float stride is not round(j * stride): e.g. 21 steps out of 1000.
+  stride = 999 / 20
+  assert [round(j * stride) for j in range(21)] != ref_space_timesteps(1000, [21])
+
+
+def test_ddim_spacing_matches_improved_diffusion():
+  for T in (10, 1000):
+    for n in range(1, T + 1):
+      want = ref_space_timesteps(T, f'ddim{n}')
+      if want is None:
+        with pytest.raises(ValueError, match=f'ddim{n}'):
+          S.space_timesteps(T, f'ddim{n}')
+      else:
+        np.testing.assert_array_equal(S.space_timesteps(T, f'ddim{n}'), want)
+  with pytest.raises(ValueError, match='ddim1'):  # stride T is not tried, as in the reference
+    S.space_timesteps(1000, 'ddim1')
+
+
+@pytest.mark.parametrize('T', [1000, 4000, 50])
+def test_scale_timesteps(T):
+  t = jnp.array([0, 1, 7, T - 1], jnp.float32)
+  want = np.asarray(t, np.float32) * np.float32(1000.0 / T)
+  np.testing.assert_array_equal(S.scale_timesteps(t, T), want)
+  np.testing.assert_array_equal(S.scale_timesteps(t, T, rescale=False), t)
+  if T == 4000:
+    np.testing.assert_array_equal(S.scale_timesteps(t, T), t / 4)
 
 
 # ---------------------------------------------------------------------------
@@ -420,10 +523,10 @@ def test_sigma_max_from_data_jits_and_differentiates():
     (lambda: S.cosine_betas(0), 'num_timesteps'),
     (lambda: S.cosine_betas(10, max_beta=1.0), 'max_beta'),
     (lambda: S.DiscreteSchedule.from_betas(np.array([0.1, 1.2])), 'betas'),
-    (lambda: S.DiscreteSchedule.from_name('linear', 10).respace(np.array([3, 3, 5])), 'increasing'),
-    (lambda: S.DiscreteSchedule.from_name('linear', 10).respace(np.array([5, 2])), 'increasing'),
-    (lambda: S.DiscreteSchedule.from_name('linear', 10).respace(np.array([0, 10])), r'\[0, 9\]'),
-    (lambda: S.DiscreteSchedule.from_name('linear', 10).respace(np.array([-1, 4])), r'\[0, 9\]'),
+    (lambda: S.DiscreteSchedule.from_name('cosine', 10).respace(np.array([3, 3, 5])), 'increasing'),
+    (lambda: S.DiscreteSchedule.from_name('cosine', 10).respace(np.array([5, 2])), 'increasing'),
+    (lambda: S.DiscreteSchedule.from_name('cosine', 10).respace(np.array([0, 10])), r'\[0, 9\]'),
+    (lambda: S.DiscreteSchedule.from_name('cosine', 10).respace(np.array([-1, 4])), r'\[0, 9\]'),
     (lambda: S.space_timesteps(0, 5), 'num_timesteps'),
     (lambda: S.space_timesteps(10, 11), 'section'),
     (lambda: S.space_timesteps(10, 'ddim7'), 'ddim7'),

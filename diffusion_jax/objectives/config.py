@@ -13,6 +13,8 @@ BETA_SCHEDULES = ('linear', 'cosine')
 LOSSES = ('simple', 'hybrid', 'vlb')
 FIXED_VARIANCES = ('small', 'large')
 DISCRETE = ('ddpm', 'iddpm')
+DATA_RANGES = ('unit', 'symmetric')
+REDUCTIONS = ('sum', 'mean')
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -71,6 +73,8 @@ class DiffusionConfig:
   importance_sampling: bool = False
   fixed_variance: str = 'small'  # reverse variance when not learned: betatilde or beta.
   hybrid_weight: float = 0.001  # iDDPM's lambda.
+  # Feed the model t * 1000 / T (improved-diffusion's scripts' default); at T = 1000 a no-op.
+  rescale_timesteps: bool = True
   # EDM.
   sigma_data: float = 0.5
   p_mean: float = -1.2
@@ -79,6 +83,11 @@ class DiffusionConfig:
   sigma_max: float = 50.0
   sigma_min: float = 0.01
   num_levels: int = 232
+  # The network's data range: 'unit' = [0, 1] (the reference's CIFAR-10, `rescaled: false`,
+  # which the ladder above is for) or 'symmetric' = the pipeline's [-1, 1].
+  data_range: str = 'unit'
+  # Per-example loss over dimensions: 'sum' (reference `losses/dsm.py`) or 'mean' (sum / D).
+  ncsn_loss_reduction: str = 'sum'
   # From the model and data sections.
   learn_variance: bool = False
 
@@ -174,6 +183,15 @@ class DiffusionConfig:
       if self.num_timesteps < 2:
         raise ValueError(f'config.diffusion.num_timesteps={self.num_timesteps} must be >= 2.')
       _positive('hybrid_weight', self.hybrid_weight, ' iDDPM uses 0.001.')
+      if not isinstance(self.rescale_timesteps, bool):
+        raise ValueError(
+          f'config.diffusion.rescale_timesteps={self.rescale_timesteps!r} must be True or False.'
+        )
+      if self.beta_schedule == 'linear' and self.num_timesteps < 20:
+        raise ValueError(
+          f'config.diffusion.num_timesteps={self.num_timesteps} is too short for the linear '
+          "schedule (betas scale by 1000 / T and pass 1 below T = 20); use >= 20 or 'cosine'."
+        )
     if self.objective == 'edm':
       _positive('sigma_data', self.sigma_data, ' EDM uses 0.5 for data in [-1, 1].')
       _positive('p_std', self.p_std, ' EDM uses 1.2.')
@@ -189,6 +207,8 @@ class DiffusionConfig:
         raise ValueError(f'config.diffusion.num_levels={self.num_levels!r} must be an int.')
       if self.num_levels < 1:
         raise ValueError(f'config.diffusion.num_levels={self.num_levels} must be >= 1.')
+      _one_of('data_range', self.data_range, DATA_RANGES)
+      _one_of('ncsn_loss_reduction', self.ncsn_loss_reduction, REDUCTIONS)
 
 
 _SCHEDULE_CACHE: dict = {}

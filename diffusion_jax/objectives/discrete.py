@@ -1,8 +1,10 @@
 """DDPM and Improved DDPM: L_simple, learned variance, L_hybrid, L_vlb, importance sampling.
 
 Index i ~ U{0, ..., T - 1} (DDPM's t = i + 1); x_t = sqrt(abar) x0 + sqrt(1 - abar) eps;
-the model is conditioned on the index i itself. With a learned variance the model
-outputs 2C channels: the mean prediction, then iDDPM's v in [-1, 1].
+the model is conditioned on i * 1000 / T (`rescale_timesteps`, Improved DDPM's scripts'
+default; the same as i at T = 1000) or on i itself. Sampling over a respaced chain
+feeds the original indices, rescaled by the original T. With a learned variance the
+model outputs 2C channels: the mean prediction, then iDDPM's v in [-1, 1].
 
 Losses (per example, then averaged):
 - 'simple': mean squared error on the prediction target (eps, x0 or v);
@@ -11,7 +13,7 @@ Losses (per example, then averaged):
 - 'vlb': L_{t-1} alone (bits/dim), optionally with importance-sampled t.
 
 Source: Ho 2020 (DDPM), Sections 3-4; Nichol & Dhariwal 2021 (Improved DDPM),
-Sections 3.1 and 3.3.
+Sections 3.1 and 3.3, and its code (`_scale_timesteps`, `respace._WrappedModel`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import parameterization
+from diffusion_jax import parameterization, schedules
 from diffusion_jax.objectives import importance, vlb
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims
 from diffusion_jax.objectives.chen import prediction_target
@@ -38,6 +40,11 @@ class DiscreteObjective(Objective):
   def schedule(self):
     """The training DiscreteSchedule (float64 tables)."""
     return self.config.discrete_schedule()
+
+  def model_timesteps(self, index: jax.Array) -> jax.Array:
+    """The model's time input for original (possibly fractional) indices [B]."""
+    cfg = self.config
+    return schedules.scale_timesteps(index, cfg.num_timesteps, cfg.rescale_timesteps)
 
   def init_state(self) -> dict:
     """The importance-sampling loss history when enabled, else `{}`."""
@@ -72,7 +79,7 @@ class DiscreteObjective(Objective):
       weights = jnp.ones((b,), x0.dtype)
     eps = jax.random.normal(rng_eps, x0.shape, x0.dtype)
     x_t = vlb.q_sample(x0, index, eps, tables)
-    noise_level = tables.timesteps[index]  # [B]
+    noise_level = self.model_timesteps(tables.timesteps[index])  # [B]
     output = self.call_model(apply_fn, params, x_t, noise_level, batch, rng_model, train)
     pred, v = vlb.split_output(output, cfg.learn_variance)
     abar = vlb.Tables.gather(tables.abar, index, x0.ndim)
@@ -114,7 +121,8 @@ class DiscreteObjective(Objective):
     x_t, abar = parameterization.edm_to_model(x, sigma, 1.0)
     # Samplers visit the table's own levels, where this is the exact (integer) index.
     index = parameterization.edm_sigma_to_timestep(jnp.maximum(sigma, 1e-20), self.schedule)
-    output, carry = apply_fn(params, x_t, index, label=label, self_cond=self_cond, train=False)
+    t_in = self.model_timesteps(index)
+    output, carry = apply_fn(params, x_t, t_in, label=label, self_cond=self_cond, train=False)
     pred, v = vlb.split_output(output, cfg.learn_variance)
     x0, _ = parameterization.predict_x0_eps(pred, x_t, abar, cfg.prediction)
     if return_variance:
@@ -142,6 +150,7 @@ class DiscreteObjective(Objective):
       prediction=cfg.prediction,
       learn_variance=cfg.learn_variance,
       fixed_variance=cfg.fixed_variance,
+      rescale_timesteps=cfg.rescale_timesteps,
       self_cond=cfg.self_cond_rate > 0,
       return_terms=return_terms,
     )

@@ -1,11 +1,23 @@
 """NCSNv2 denoising score matching with a noise-unconditional network.
 
 Geometric levels sigma_1 > ... > sigma_L; x~ = x + sigma z; the score model is
-s(x~, sigma) = F(x~) / sigma (Technique 3) and the loss
-1/2 sigma^2 ||s(x~, sigma) + (x~ - x) / sigma^2||^2 = 1/2 ||F(x~) + z||^2,
-averaged over dimensions. The network's noise level input is 0.
+s(x~, sigma) = F(x~) / sigma (Technique 3) and the per-example loss
+1/2 sigma^2 ||s(x~, sigma) + (x~ - x) / sigma^2||^2 = 1/2 ||F(x~) + z||^2, summed over
+dimensions (`ncsn_loss_reduction='sum'`, the reference's) or averaged ('mean', 1 / D
+of it). The network's noise level input is 0.
 
-Source: Song & Ermon 2020 (NCSNv2), Section 3 (Technique 3) and Eq. 2.
+Data range (`data_range`). The input pipeline gives x in [-1, 1]. With 'unit' (the
+default) the network works on x_net = (x + 1) / 2 in [0, 1], as the reference's
+CIFAR-10 run does (`rescaled: false`): the ladder (sigma_1 = 50, sigma_L = 0.01) and
+the Langevin eps (6.2e-6) are then the paper's numbers verbatim. With 'symmetric' the
+network sees [-1, 1] itself, and the same ladder relative to the data needs sigma x2
+and eps x4. Outside the objective everything is in the pipeline's [-1, 1]: the EDM-form
+denoiser takes pipeline-space x and sigma (sigma_pipe = sigma_net / a, a = 1/2 for
+'unit'), and samples come back in [-1, 1].
+
+Source: Song & Ermon 2020 (NCSNv2), Section 3 (Technique 3) and Eq. 2; reference code
+ermongroup/ncsnv2 `losses/dsm.py` (anneal_dsm_score_estimation), `datasets/__init__.py`
+(data_transform, inverse_data_transform), `configs/cifar10.yml`.
 """
 
 from __future__ import annotations
@@ -17,9 +29,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import schedules
+from diffusion_jax import samplers, schedules
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims, per_example
-from diffusion_jax.objectives.sampling import run_sampler
+from diffusion_jax.objectives.sampling import SampleSettings, run_sampler
+
+# x_net = a x + c for pipeline data x in [-1, 1].
+_AFFINE = {'unit': (0.5, 0.5), 'symmetric': (1.0, 0.0)}
+
+
+def sum_over_dims(x: jax.Array) -> jax.Array:
+  """Sum over every axis but the first: [B, ...] -> [B]."""
+  return jnp.sum(x, axis=tuple(range(1, x.ndim)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +48,24 @@ class NCSNObjective(Objective):
 
   @property
   def sigmas(self) -> jax.Array:
-    """The L training levels, largest first: [L]."""
+    """The L training levels in the network's data units, largest first: [L]."""
     cfg = self.config
     return schedules.geometric_sigmas(cfg.sigma_max, cfg.sigma_min, cfg.num_levels)
+
+  @property
+  def data_scale(self) -> float:
+    """a of x_net = a x + c: network-space lengths (and sigmas) per pipeline-space unit."""
+    return _AFFINE[self.config.data_range][0]
+
+  def to_network(self, x: jax.Array) -> jax.Array:
+    """Pipeline data [-1, 1] to the network's range (reference `data_transform`)."""
+    a, c = _AFFINE[self.config.data_range]
+    return a * x + c
+
+  def from_network(self, x: jax.Array) -> jax.Array:
+    """The network's range back to the pipeline's [-1, 1] (`inverse_data_transform`)."""
+    a, c = _AFFINE[self.config.data_range]
+    return (x - c) / a
 
   def loss(
     self,
@@ -43,9 +78,10 @@ class NCSNObjective(Objective):
   ) -> LossOutput:
     """A uniform level per example, then the sigma^2-weighted score matching loss.
 
-    Source: Song & Ermon 2020 (NCSNv2), Eq. 2 with lambda(sigma) = sigma^2.
+    Source: Song & Ermon 2020 (NCSNv2), Eq. 2 with lambda(sigma) = sigma^2 (the
+    reference's anneal_power = 2); ermongroup/ncsnv2 `losses/dsm.py`.
     """
-    x0 = batch['image']  # [B, H, W, C]
+    x0 = self.to_network(batch['image'])  # [B, H, W, C] in the network's range
     sigmas = self.sigmas
     num_levels = sigmas.shape[0]
     rng_level, rng_z, rng_model = jax.random.split(rng, 3)
@@ -54,10 +90,12 @@ class NCSNObjective(Objective):
     z = jax.random.normal(rng_z, x0.shape, x0.dtype)
     x = x0 + per_example(sigma, x0) * z
     f = self.call_model(apply_fn, params, x, jnp.zeros_like(sigma), batch, rng_model, train)
-    s = per_example(sigma, x0)
-    score = f / s
-    target = -(x - x0) / jnp.square(s)
-    loss_per_example = 0.5 * jnp.square(sigma) * mean_over_dims(jnp.square(score - target))
+    # sigma^2 ||F / sigma + z / sigma||^2 / 2 without the 1 / sigma^2 round trip.
+    sq = 0.5 * jnp.square(f + z)
+    if self.config.ncsn_loss_reduction == 'sum':
+      loss_per_example = sum_over_dims(sq)
+    else:
+      loss_per_example = mean_over_dims(sq)
     noise_t = 1.0 - level.astype(x0.dtype) / max(num_levels - 1, 1)
     if num_levels == 1:
       noise_t = jnp.ones_like(noise_t)
@@ -65,12 +103,52 @@ class NCSNObjective(Objective):
     return jnp.mean(loss_per_example), metrics, state
 
   def _denoise(self, apply_fn, params, x, sigma, label, self_cond, return_variance):
-    # Tweedie: D(x; sigma) = x + sigma^2 s(x, sigma) = x + sigma F(x).
+    # Tweedie in the network's space: D(x; sigma) = x + sigma^2 s(x, sigma) = x + sigma F(x).
+    a = self.data_scale
+    x_net = self.to_network(x)
     f, carry = apply_fn(
-      params, x, jnp.zeros_like(sigma), label=label, self_cond=self_cond, train=False
+      params, x_net, jnp.zeros_like(sigma), label=label, self_cond=self_cond, train=False
     )
-    return x + per_example(sigma, x) * f, carry
+    return self.from_network(x_net + per_example(a * sigma, x) * f), carry
 
   def sample(self, apply_fn, params, noise, label, rng, sample_cfg):
-    """Annealed Langevin dynamics with the final denoising step (or `sample_cfg.sampler`)."""
-    return run_sampler(self, apply_fn, params, noise, label, rng, sample_cfg, default='langevin')
+    """Annealed Langevin dynamics with the final denoising step (or `sample_cfg.sampler`).
+
+    The reference's sampler: start from uniform noise over the data range
+    (`torch.rand` through `data_transform`, `data_init: false`), here Phi(noise) so
+    the start is a function of the given N(0, I) `noise`; T = `n_steps_each` steps
+    per level of size alpha_i = eps sigma_i^2 / sigma_L^2 (eps = `step_lr` in the
+    network's units, or Technique 4's when 0); then x <- x + sigma_L^2 s(x, sigma_L).
+    Scores are never clipped; `clip_x0` clamps the final sample to the data range, as
+    the reference's `inverse_data_transform` does. It runs in pipeline space with
+    sigma / a and eps / a^2, which is the network-space chain mapped by x = (x_net - c) / a.
+
+    Source: Song & Ermon 2020 (NCSNv2), Algorithm 1 and Appendix C.2 (denoising);
+    ermongroup/ncsnv2 `models/__init__.py` (anneal_Langevin_dynamics),
+    `runners/ncsn_runner.py` (sample).
+    """
+    s = SampleSettings.from_config(sample_cfg)
+    if s.sampler not in ('default', 'langevin'):
+      return run_sampler(self, apply_fn, params, noise, label, rng, sample_cfg, default='langevin')
+    cfg = self.config
+    denoise_fn, init_state = self.denoiser(
+      apply_fn, params, label, s.guidance, x_shape=noise.shape, clip_x0=False
+    )
+    step_lr = s.step_lr
+    if step_lr <= 0:
+      ratio = (cfg.sigma_max / cfg.sigma_min) ** (1.0 / max(cfg.num_levels - 1, 1))
+      step_lr = schedules.ncsn_solve_step_size(ratio, cfg.sigma_min, s.n_steps_each)
+    a = self.data_scale
+    noise = jnp.asarray(noise)
+    # Uniform over the pipeline's [-1, 1]: U[0, 1] in the network's range for 'unit'.
+    x = 2.0 * jax.scipy.special.ndtr(noise) - 1.0
+    out = samplers.langevin_sample(
+      denoise_fn,
+      x,
+      self.sigmas / a,
+      n_steps_each=s.n_steps_each,
+      step_lr=step_lr / a**2,
+      rng=rng,
+      init_state=init_state,
+    )
+    return jnp.clip(out, -1.0, 1.0) if s.clip_x0 else out

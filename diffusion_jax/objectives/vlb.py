@@ -21,7 +21,7 @@ from jax.typing import ArrayLike
 
 from diffusion_jax import parameterization
 from diffusion_jax.objectives import self_conditioning
-from diffusion_jax.schedules import DiscreteSchedule
+from diffusion_jax.schedules import DiscreteSchedule, scale_timesteps
 
 FIXED_VARIANCES = ('small', 'large')
 NUM_BINS = 256
@@ -248,6 +248,7 @@ def nll_bits_per_dim(
   prediction: str = 'eps',
   learn_variance: bool = False,
   fixed_variance: str = 'small',
+  rescale_timesteps: bool = True,
   self_cond: bool = False,
   clip_denoised: bool = True,
   return_terms: bool = False,
@@ -270,6 +271,8 @@ def nll_bits_per_dim(
     prediction: what the model's mean channels predict: 'eps', 'x0' or 'v'.
     learn_variance: the model outputs 2C channels, the last C being iDDPM's v.
     fixed_variance: 'small' or 'large' when the variance is not learned.
+    rescale_timesteps: feed the model t * 1000 / T (Improved DDPM's scripts' default;
+      a no-op at T = 1000) instead of the index t.
     self_cond: run two passes, the second conditioned on the first's carry.
     clip_denoised: clip x0_hat to [-1, 1] before forming the posterior mean.
     return_terms: also return the per-index terms [T, B] and the prior [B].
@@ -286,7 +289,9 @@ def nll_bits_per_dim(
     index = jnp.full((batch,), i, jnp.int32)
     eps = jax.random.normal(jax.random.fold_in(rng, i), x0.shape, x0.dtype)
     x_t = q_sample(x0, index, eps, tables)
-    noise_level = Tables.gather(tables.timesteps, index, 1)
+    noise_level = scale_timesteps(
+      Tables.gather(tables.timesteps, index, 1), tables.num_timesteps, rescale_timesteps
+    )
     output, _, _ = self_conditioning.apply_with_self_cond(
       apply_fn,
       params,
