@@ -13,6 +13,7 @@ summaries and images.
 
 import logging as py_logging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -67,17 +68,91 @@ class _QuietLibraries(py_logging.Filter):
     return not any(part in record.pathname for part in self._NOISY)
 
 
+def _last_line(text: str) -> str:
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  return lines[-1] if lines else ''
+
+
+def _override_error(error: Exception, argv: list[str]) -> str | None:
+  """One line for a `--config.a.b=v` override whose key the config does not have."""
+  # ml_collections wraps a KeyError whose text is "'key'\nDid you mean "k" instead of ...".
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  key = text.splitlines()[0].strip('\'" ')
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  overrides = [a[2:].partition('=')[0] for a in argv if a.startswith('--config.')]
+  override = next((o for o in overrides if key in o.split('.')), None)
+  if override is None:
+    if any(o.partition('.')[2] in text for o in overrides):
+      return f'bad config override: {_last_line(text)}'
+    return None  # not about an override (e.g. a bug in the config file): keep the traceback
+  parts = override.split('.')
+  section = '.'.join(parts[: parts.index(key)])
+  fix = f'did you mean {section}.{hint.group(1)}?' if hint else 'see configs/default.py.'
+  return f'--{override}: {section} has no key {key!r}; {fix}'
+
+
+def _config_file_error(error: OSError, argv: list[str]) -> str:
+  """One line for a --config file that does not exist or cannot be read."""
+  # The flag may be unparsed here (the file failed to load), so read its value from argv.
+  value = ''
+  for i, arg in enumerate(argv):
+    if arg.startswith(('--config=', '-config=')):
+      value = arg.partition('=')[2]
+    elif arg in ('--config', '-config') and i + 1 < len(argv):
+      value = argv[i + 1]
+  path = value.partition(':')[0]
+  if not os.path.isfile(path):
+    return f'--config={value}: no such file {path!r}; pass one of configs/, e.g. configs/digits.py.'
+  return f'--config={value}: {_last_line(error)}'
+
+
+def _flag_error(error: Exception) -> str:
+  """One line for a bad flag value, or for a config file whose get_config() raised."""
+  message = str(error)
+  # config_flags puts the config file's traceback in the message: keep its last line and
+  # the deepest frame's location.
+  frames = re.findall(r'File "([^"]+)", line (\d+)', message)
+  where = f' ({frames[-1][0]}, line {frames[-1][1]})' if frames else ''
+  return _last_line(message) + where
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses the command line; a bad flag or config override exits with one `error:` line.
+
+  absl's parser would print a traceback for an unknown `--config.*` key (ml_collections
+  raises AttributeError) and a multi-line report for a config file that raised; the last
+  line alone names the problem. The config file is loaded here too (config_flags loads
+  a missing file lazily and fails only at first use, after TensorFlow and JAX start).
+  """
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.keys()  # forces the lazy load
+    return rest
+  except (AttributeError, KeyError) as e:
+    message = _override_error(e, argv)
+    if message is None:
+      raise
+  except OSError as e:
+    message = _config_file_error(e, argv)
+  except flags.Error as e:
+    message = _flag_error(e)
+  sys.exit(f'error: {message}')
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    sys.exit(f'error: unexpected arguments {argv[1:]}; flags take the form --name=value.')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from diffusion_jax.config_validation import ConfigError
+  from diffusion_jax.config import ConfigError
+  from diffusion_jax.train import NonFiniteLossError
 
   try:
     _run()
-  except (ConfigError, FileNotFoundError) as e:
-    # A bad config, or a missing data set / weights file / checkpoint: the message
-    # (DatasetMissingError, InceptionWeightsNotFoundError, ...) says what to do.
+  except (ConfigError, FileNotFoundError, NonFiniteLossError) as e:
+    # A bad config, a missing data set / weights file / checkpoint, or a diverged run:
+    # the message (DatasetMissingError, InceptionWeightsNotFoundError, ...) says what to do.
     sys.exit(f'error: {e}')
 
 
@@ -96,9 +171,10 @@ def _run():
   if multihost:
     jax.distributed.initialize()
 
-  from diffusion_jax import train
+  from diffusion_jax import build, config, sampling, train
 
-  config = FLAGS.config
+  # The one conversion of the ConfigDict: everything below reads the typed RunConfig.
+  run = config.build_run_config(FLAGS.config)
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS['config']))
   logging.info(
     'JAX process %d / %d, %d local / %d global devices (%s); workdir %s.',
@@ -110,18 +186,18 @@ def _run():
     workdir,
   )
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, workdir)
-  elif FLAGS.mode == 'sample':
-    from diffusion_jax import sampling
-
-    png, npz = sampling.sample_and_save(config, workdir)
+    train.train_and_evaluate(run, workdir)
+    return
+  components = build.build(run)
+  if FLAGS.mode == 'sample':
+    png, npz = sampling.sample_and_save(components, workdir)
     logging.info('Samples: %s, %s', png, npz)
   else:
-    from diffusion_jax import evaluation, sampling
+    from diffusion_jax import evaluation
 
-    sample_fn, _ = sampling.load_sampler(config, workdir)
-    evaluation.evaluate(config, workdir, sample_fn)
+    sample_fn, _ = sampling.load_sampler(components, workdir)
+    evaluation.evaluate(run, workdir, sample_fn, components=components)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -96,14 +96,13 @@ def train_rate(config_module: str, batch: int, steps: int):
   """(parameters, seconds per step, images/s) of the config's train step on this machine."""
   import importlib
 
-  from diffusion_jax import config_validation, train
   from diffusion_jax import sharding as sharding_lib
+  from diffusion_jax import train
 
   config = importlib.import_module(config_module).get_config()
   config.training.batch_size = batch
-  config_validation.validate_config(config)
   mesh = sharding_lib.create_mesh(1)
-  setup = train.create_train_setup(config, mesh)
+  setup = train.create_train_setup(config, mesh)  # validates the config first
   state = setup.init_state(jax.random.PRNGKey(0))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   size, channels = config.data.image_size, config.data.num_channels

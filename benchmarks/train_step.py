@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import models as models_benchmark  # noqa: E402
 from benchmarks import report  # noqa: E402
 from configs import digits  # noqa: E402
-from diffusion_jax import config_validation, optim, train  # noqa: E402
+from diffusion_jax import optim, train  # noqa: E402
 from diffusion_jax import sharding as sharding_lib  # noqa: E402
 from diffusion_jax.state import TrainState  # noqa: E402
 
@@ -117,7 +117,7 @@ def step_flops(config, mesh, batch) -> tuple[float, float]:
   unrolled = with_layout(config, False)
   setup = train.create_train_setup(unrolled, mesh)
   full = _flops(setup.train_step, train.abstract_state(setup), _abstract(batch))
-  model, _ = config_validation.build_model_and_objective(unrolled)
+  model = setup.model
   params = train.abstract_state(setup).params
   return full, _flops(jax.jit(jax.grad(bare_loss_fn(model, batch))), params)
 
@@ -144,7 +144,7 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits', attention: str
   config = benchmark_config(model_name, batch_size, attention)
   mesh = sharding_lib.create_mesh(1)
   setup = train.create_train_setup(config, mesh)
-  model, _ = config_validation.build_model_and_objective(config)
+  model = setup.model
   size, channels = config.data.image_size, config.data.num_channels
   rng = np.random.default_rng(0)
   batch = train.to_global_batch(

@@ -1,6 +1,7 @@
-"""Default configuration: every section and key the trainer reads, with defaults.
+"""Default configuration: every section and key the code reads, with defaults.
 
-Other configs import this one and override what differs. Launch:
+Other configs import this one and override what differs; `diffusion_jax/config.py` turns
+it into the typed run config and rejects any key not listed here. Launch:
 
     python main.py --config=configs/default.py --workdir=/tmp/diffusion_jax
 """
@@ -26,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.shuffle_buffer = 10_000
   data.augment_prob = 0.0  # EDM non-leaking augmentation probability; 0 = off.
   data.prefetch = 2
+  data.num_workers = 0  # folder decoding threads; 0 = one per CPU core (at most 32).
+  data.verify_images = True  # folder: decode every file once at start-up, skip bad ones.
+  data.cache_in_memory = None  # tfds: None = only for small data sets (CIFAR-10).
 
   # Network (diffusion_jax/models/).
   config.model = model = ml_collections.ConfigDict()
@@ -38,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.scan_layers = True
   model.attention_impl = 'auto'  # 'auto' | 'xla' | 'cudnn' | 'einsum'
   model.learn_variance = False  # extra output channels for iDDPM's learned variance.
+  # False = an unconditional network (no class input) even when data.num_classes > 0;
+  # the one source of "is this run class-conditional" (RunConfig.conditional).
+  model.class_conditional = True
   # RIN.
   model.patch_size = 2
   # LayerNorm on the patch embeddings. It divides out each token's scale: harmless for
@@ -65,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.attention_resolutions = (16,)
   model.num_heads = 4
   model.augment_dim = 0  # EDM augmentation-conditioning width; 0 = none.
+  model.self_cond = False  # U-Net: extra input channels for the previous prediction.
+  model.scale_shift_norm = False  # iDDPM/ADM: the embedding scales and shifts the norm.
+  model.resblock_updown = False  # EDM/ADM: resample inside residual blocks.
+  model.skip_scale = 1.0  # EDM's DDPM++ multiplies residual sums by sqrt(1/2).
 
   # Diffusion process and training objective (diffusion_jax/schedules.py, objectives).
   config.diffusion = diffusion = ml_collections.ConfigDict()
@@ -85,6 +96,8 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.loss = 'simple'  # 'simple' | 'hybrid' | 'vlb'
   diffusion.importance_sampling = False
   diffusion.rescale_timesteps = True  # model input t * 1000 / T (improved-diffusion).
+  diffusion.fixed_variance = 'small'  # reverse variance when not learned: 'small' | 'large'
+  diffusion.hybrid_weight = 0.001  # iDDPM's lambda of L_hybrid.
   # EDM.
   diffusion.sigma_data = 0.5
   diffusion.p_mean = -1.2
@@ -130,9 +143,9 @@ def get_config() -> ml_collections.ConfigDict:
   training.profile = False
   training.mesh_fsdp = 1  # size of the 'fsdp' mesh axis; 1 = pure data parallel.
 
-  # Sampling (diffusion_jax/samplers.py).
+  # Sampling (diffusion_jax/samplers/; --mode=sample in diffusion_jax/sampling.py).
   config.sample = sample = ml_collections.ConfigDict()
-  sample.sampler = 'chen_ddpm'  # registered sampler name.
+  sample.sampler = 'chen_ddpm'  # a registered sampler name, or 'default' (the objective's).
   sample.num_steps = 100
   sample.inference_schedule = 'cosine'
   # chen_ddpm's transition variance: 'large' = 1 - alpha_ts (the authors' code default),
@@ -149,11 +162,23 @@ def get_config() -> ml_collections.ConfigDict:
   sample.s_tmin = 0.0
   sample.s_tmax = float('inf')
   sample.s_noise = 1.0
+  sample.sigma_min = 0.002  # EDM samplers' rho schedule.
+  sample.sigma_max = 80.0
+  sample.rho = 7.0
+  sample.n_steps_each = 5  # Langevin steps per noise level (NCSNv2's T).
+  sample.step_lr = 0.0  # Langevin step size; 0 = solve NCSNv2's Technique 4 for it.
 
-  # Evaluation (diffusion_jax/evaluation/).
+  # Evaluation (diffusion_jax/evaluation/, --mode=eval).
   config.eval = ev = ml_collections.ConfigDict()
   ev.num_samples = 1000
-  ev.metrics = ('digits',)  # 'digits' | 'fid' | 'is' | 'nll'
+  ev.metrics = ('digits',)  # 'digits' | 'fid' | 'is' | 'pr' | 'nll'
   ev.inception_weights = ''  # path to converted FID Inception weights (.npz)
   ev.reference_stats = ''  # path to reference (mu, sigma) .npz
+  ev.batch_size = 0  # samples per sampler call; 0 = sample.batch_size.
+  ev.seed = None  # seed of the samples; None = config.seed.
+  ev.inception_batch_size = 200
+  ev.is_splits = 10
+  ev.nll_split = 'test'
+  ev.nll_num_examples = 1000
+  ev.save_samples = False  # write the samples to workdir/eval (the ADM suite's format).
   return config

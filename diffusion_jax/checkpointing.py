@@ -140,10 +140,6 @@ class Checkpointer:
     """True after SIGTERM or when every host reached the preemption sync point."""
     return self._stop_requested.is_set() or self._manager.reached_preemption(step)
 
-  def request_stop(self) -> None:
-    """Asks the loop to save and stop, as SIGTERM does."""
-    self._stop_requested.set()
-
   def wait_until_finished(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
     self._manager.wait_until_finished()

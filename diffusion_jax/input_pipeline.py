@@ -58,7 +58,7 @@ _IN_MEMORY_TFDS = ('cifar10', 'cifar100', 'mnist', 'fashion_mnist')
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Validated, typed copy of `config.data`."""
+  """`config.data`, typed and validated (the data section of the run config)."""
 
   name: str = 'digits'
   image_size: int = 16
@@ -99,7 +99,10 @@ class DataConfig:
 
   @classmethod
   def from_config(cls, data_cfg: Any) -> DataConfig:
-    """Builds from an ml_collections.ConfigDict (or a dict); unknown keys are ignored."""
+    """Builds from the keys of `config.data` (a dict or ConfigDict; None = the default).
+
+    Unknown keys are rejected by the run config (`diffusion_jax.config`), which calls this.
+    """
     if isinstance(data_cfg, DataConfig):
       return data_cfg
     get = data_cfg.get
@@ -281,6 +284,38 @@ def _create_source(cfg: DataConfig, seed, local_batch, process_index, process_co
   )
 
 
+def _raw_batches(cfg: DataConfig, source, local_batch: int, seed: int, process_index: int):
+  """step -> iterator of (images uint8, labels) of this process from that step on."""
+  if isinstance(source, sources.TfdsStream):
+    return source.batches
+  if cfg.num_classes > 0 and len(source) and int(source.labels.max()) >= cfg.num_classes:
+    source.close()
+    raise ValueError(
+      f'config.data.num_classes={cfg.num_classes} but {cfg.name} has labels up to '
+      f'{int(source.labels.max())}; set num_classes to {int(source.labels.max()) + 1}.'
+    )
+
+  def raw_batches(step):
+    return indexed_batches(source, local_batch, seed, step, cfg.random_flip, process_index)
+
+  return raw_batches
+
+
+def _make_batch(cfg: DataConfig, images, labels, aug_seed: int, sharding) -> dict:
+  """One batch dict: float images in [-1, 1], int32 labels (-1 without classes), augment."""
+  labels = labels.astype(np.int32)
+  if cfg.num_classes == 0:
+    labels = np.full_like(labels, -1)
+  batch = {'image': preprocess.to_float(images), 'label': labels}
+  if cfg.augment_prob > 0:
+    batch['image'], batch['augment'] = augment_lib.augment_numpy(
+      aug_seed, batch['image'], AugmentConfig(p=cfg.augment_prob)
+    )
+  if sharding is not None:
+    batch = jax.make_array_from_process_local_data(sharding, batch)
+  return batch
+
+
 def create_input_iter(
   data_cfg: Any,
   global_batch_size: int,
@@ -294,7 +329,7 @@ def create_input_iter(
   """Creates the training batch iterator.
 
   Args:
-    data_cfg: config.data (ConfigDict) or a DataConfig.
+    data_cfg: a DataConfig (run.data), or the keys of config.data.
     global_batch_size: batch size over all processes and devices.
     seed: the run's seed; with start_step it fixes every batch.
     start_step: the step of the first batch (a resumed run passes its checkpoint's step).
@@ -331,34 +366,10 @@ def create_input_iter(
   local_batch = global_batch_size // process_count
   sharding = _check_sharding(sharding, global_batch_size)
   source = _create_source(cfg, seed, local_batch, process_index, process_count)
-  if isinstance(source, sources.TfdsStream):
-    raw_batches = source.batches
-  else:
-    if cfg.num_classes > 0 and len(source) and int(source.labels.max()) >= cfg.num_classes:
-      source.close()
-      raise ValueError(
-        f'config.data.num_classes={cfg.num_classes} but {cfg.name} has labels up to '
-        f'{int(source.labels.max())}; set num_classes to {int(source.labels.max()) + 1}.'
-      )
-
-    def raw_batches(step):
-      return indexed_batches(source, local_batch, seed, step, cfg.random_flip, process_index)
-
-  aug_cfg = AugmentConfig(p=cfg.augment_prob)
+  raw_batches = _raw_batches(cfg, source, local_batch, seed, process_index)
 
   def produce() -> Iterator[dict]:
     for step, (images, labels) in enumerate(raw_batches(start_step), start=start_step):
-      labels = labels.astype(np.int32)
-      if cfg.num_classes == 0:
-        labels = np.full_like(labels, -1)
-      batch = {'image': preprocess.to_float(images), 'label': labels}
-      if aug_cfg.p > 0:
-        aug_seed = derive_seed(seed, step, process_index, 3)
-        batch['image'], batch['augment'] = augment_lib.augment_numpy(
-          aug_seed, batch['image'], aug_cfg
-        )
-      if sharding is not None:
-        batch = jax.make_array_from_process_local_data(sharding, batch)
-      yield batch
+      yield _make_batch(cfg, images, labels, derive_seed(seed, step, process_index, 3), sharding)
 
   return InputIterator(produce, cfg.prefetch, source, start_step)

@@ -29,6 +29,7 @@ from diffusion_jax.schedules import (
 )
 
 __all__ = [
+  'NOISE_LEVEL_SCALE',
   'PREDICTION_KINDS',
   'NORMALIZE_MODES',
   'abar_to_edm_sigma',
@@ -50,6 +51,7 @@ __all__ = [
   'model_to_edm',
   'normalize_input',
   'predict_x0_eps',
+  'prediction_target',
   'score_from_x0',
   'timestep_to_edm_sigma',
   'v_from_eps_x0',
@@ -60,6 +62,9 @@ __all__ = [
 
 PREDICTION_KINDS = ('eps', 'x0', 'v')
 NORMALIZE_MODES = ('per_example', 'analytic', 'none')
+# The continuous noise level the networks are conditioned on, times this: 1000 gamma
+# (Chen 2023) or 1000 c_noise = 250 ln sigma (EDM), the range the time embedding expects.
+NOISE_LEVEL_SCALE = 1000.0
 
 
 def _bcast(level: ArrayLike, x: jax.Array) -> jax.Array:
@@ -127,6 +132,22 @@ def eps_from_v(x_t: ArrayLike, v: ArrayLike, gamma: ArrayLike) -> jax.Array:
   x_t = jnp.asarray(x_t)
   alpha, sigma = _alpha_sigma(gamma, x_t)
   return sigma * x_t + alpha * jnp.asarray(v)
+
+
+def prediction_target(
+  kind: str, x0_model: ArrayLike, eps: ArrayLike, gamma: ArrayLike
+) -> jax.Array:
+  """The regression target of a prediction kind, in model space: eps, b x0, or v.
+
+  Source: Ho 2020 (eps); Salimans & Ho 2022 (v = alpha eps - sigma x0).
+  """
+  if kind == 'eps':
+    return eps
+  if kind == 'x0':
+    return x0_model
+  if kind == 'v':
+    return v_from_eps_x0(eps, x0_model, gamma)
+  raise ValueError(f'prediction must be one of {PREDICTION_KINDS}, got {kind!r}.')
 
 
 def predict_x0_eps(

@@ -9,7 +9,6 @@ and as an .npz with the float images, uint8 images and labels.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -18,11 +17,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from diffusion_jax import checkpointing, config_validation
-from diffusion_jax import sharding as sharding_lib
+from diffusion_jax import build as build_lib
+from diffusion_jax import checkpointing
+from diffusion_jax import config as config_lib
 
 SampleFn = Callable[[np.ndarray, jax.Array], np.ndarray]
 
@@ -85,33 +84,39 @@ def grid_labels(num_classes: int, num_images: int) -> tuple[np.ndarray, int]:
   return np.full((num_images,), -1, np.int32), ncols
 
 
-def make_batch_sampler(config: Any, model: Any, objective: Any) -> Callable:
-  """(params, noise, labels, rng) -> images in [-1, 1] with config.sample's sampler.
+def restore_ema_params(
+  components: build_lib.Components, workdir: str, step: int | None = None
+) -> tuple[Any, int]:
+  """The EMA parameters of workdir's latest (or given) checkpoint, on the run's shardings.
 
-  The objective maps the network to the sampler named by config.sample.sampler
-  (through its EDM-form denoiser), so any registered sampler drives any model.
+  Returns:
+    (params, checkpoint step).
+
+  Raises:
+    FileNotFoundError: no checkpoint in workdir (the message says to train first).
   """
-  sample_cfg = config.sample
-
-  def sample_batch(params, noise, labels, rng):
-    images = objective.sample(model.apply, params, noise, labels, rng, sample_cfg)
-    return jnp.clip(images, -1.0, 1.0)
-
-  return sample_batch
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_sampler(config: ml_collections.FrozenConfigDict, sharding: Any) -> Callable:
-  model, objective = config_validation.build_model_and_objective(config)
-  return jax.jit(make_batch_sampler(config, model, objective), out_shardings=sharding)
+  step = checkpointing.latest_step(workdir) if step is None else step
+  if step is None:
+    raise FileNotFoundError(
+      f'No checkpoint in {checkpointing.checkpoint_dir(workdir)}; train first with '
+      f'`python main.py --config=... --workdir={workdir}`.'
+    )
+  abstract = build_lib.abstract_params(components)
+  return checkpointing.restore_ema_params(workdir, abstract, step), step
 
 
-def jitted_batch_sampler(config: Any, sharding: jax.sharding.Sharding) -> Callable:
-  """The jitted `make_batch_sampler` of `config`, cached per (config, output sharding)."""
-  key = ml_collections.FrozenConfigDict(
-    {k: config[k] for k in ('data', 'model', 'diffusion', 'sample')}
-  )
-  return _jitted_sampler(key, sharding)
+def sample_labels(run: config_lib.RunConfig, num_images: int) -> tuple[np.ndarray, int]:
+  """Labels of `num_images` samples (row i of the grid = class i) and the grid's columns.
+
+  Unconditional runs get labels -1. When `num_images` is not a multiple of the
+  classes, the last row cycles through them.
+  """
+  num_classes = run.model.num_classes
+  labels, ncols = grid_labels(num_classes, num_images)
+  if len(labels) < num_images:
+    extra = np.arange(num_images - len(labels), dtype=np.int32) % max(num_classes, 1)
+    labels = np.concatenate([labels, extra if num_classes else -np.ones_like(extra)])
+  return labels, ncols
 
 
 @dataclasses.dataclass
@@ -126,21 +131,19 @@ class GridSampler:
   num_images: int
 
   @classmethod
-  def create(cls, config: Any, mesh: jax.sharding.Mesh) -> GridSampler:
-    """Draws the fixed noise/labels and jits the sampler over `mesh`."""
-    num_classes = int(config.data.num_classes)
-    if not config.model.get('class_conditional', True):
-      num_classes = 0
-    labels, ncols = grid_labels(num_classes, int(config.training.num_sample_images))
+  def create(cls, components: build_lib.Components) -> GridSampler:
+    """Draws the fixed noise/labels over the run's mesh; samples with components.sample_batch."""
+    run, mesh = components.run, components.mesh
+    labels, ncols = grid_labels(run.model.num_classes, run.training.num_sample_images)
     n = len(labels)
     padded = math.ceil(n / mesh.size) * mesh.size  # split evenly over the devices
-    size, channels = int(config.data.image_size), int(config.data.num_channels)
-    noise_rng, rng = jax.random.split(jax.random.PRNGKey(int(config.seed) + 1))
+    size, channels = run.data.image_size, run.data.num_channels
+    noise_rng, rng = jax.random.split(jax.random.PRNGKey(run.seed + 1))
     noise = jax.random.normal(noise_rng, (padded, size, size, channels), jnp.float32)
-    batch = sharding_lib.batch_sharding(mesh)
+    batch = components.batch_sharding
     noise = jax.device_put(noise, batch)
     labels = jax.device_put(jnp.asarray(np.pad(labels, (0, padded - n))), batch)
-    fn = jitted_batch_sampler(config, batch)
+    fn = components.sample_batch
     return cls(sample_fn=fn, noise=noise, labels=labels, rng=rng, ncols=ncols, num_images=n)
 
   def __call__(self, params: Any) -> np.ndarray:
@@ -160,48 +163,29 @@ class GridSampler:
     return path
 
 
-def abstract_params(model: Any, config: Any, mesh: jax.sharding.Mesh) -> Any:
-  """ShapeDtypeStructs (replicated over `mesh`) of the network's parameters."""
-  size, channels = int(config.data.image_size), int(config.data.num_channels)
-  x = jnp.zeros((1, size, size, channels), jnp.float32)
-  t = jnp.zeros((1,), jnp.float32)
-  label = jnp.zeros((1,), jnp.int32) if int(config.data.num_classes) > 0 else None
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, label)
-  return jax.tree.map(
-    lambda s: jax.ShapeDtypeStruct(
-      s.shape, s.dtype, sharding=sharding_lib.leaf_sharding(mesh, s.shape)
-    ),
-    shapes,
-  )
-
-
 def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[SampleFn, int]:
   """A host-level sampler `sample_fn(labels [N], rng) -> uint8 [N, H, W, C]` of the run.
 
-  Restores only the EMA parameters of the latest (or given) checkpoint.
-  Batches of config.sample.batch_size run through one jitted function; the last
-  batch is padded to that size.
+  Restores only the EMA parameters of the latest (or given) checkpoint. Batches of
+  config.sample.batch_size (rounded up to the devices) run through one jitted function;
+  the last batch is padded to that size.
+
+  Args:
+    config: build.Components (shared with the caller), or a run config (ConfigDict or
+      RunConfig) whose components are built here.
+    workdir: the run directory.
+    step: the checkpoint step; default the latest.
 
   Returns:
     (sample_fn, checkpoint step).
   """
-  config_validation.validate_sampler(config)
-  model, _ = config_validation.build_model_and_objective(config)
-  mesh = sharding_lib.create_mesh(int(config.training.get('mesh_fsdp', 1)))
-  step = checkpointing.latest_step(workdir) if step is None else step
-  if step is None:
-    raise FileNotFoundError(
-      f'No checkpoint in {checkpointing.checkpoint_dir(workdir)}; train first with '
-      f'`python main.py --config=... --workdir={workdir}`.'
-    )
-  params = checkpointing.restore_ema_params(workdir, abstract_params(model, config, mesh), step)
-  bs = int(config.sample.batch_size)
-  if bs < 1:
-    raise ValueError(f'config.sample.batch_size={bs} must be >= 1.')
-  bs = math.ceil(bs / mesh.size) * mesh.size
-  batch = sharding_lib.batch_sharding(mesh)
-  fn = jitted_batch_sampler(config, batch)
-  size, channels = int(config.data.image_size), int(config.data.num_channels)
+  components = _components(config)
+  run, mesh = components.run, components.mesh
+  params, step = restore_ema_params(components, workdir, step)
+  bs = math.ceil(run.generate.batch_size / mesh.size) * mesh.size
+  batch = components.batch_sharding
+  fn = components.sample_batch
+  size, channels = run.data.image_size, run.data.num_channels
 
   def sample_fn(labels: np.ndarray, rng: jax.Array) -> np.ndarray:
     labels = np.asarray(labels, np.int32).reshape(-1)
@@ -223,6 +207,12 @@ def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[Sa
   return sample_fn, step
 
 
+def _components(config: Any) -> build_lib.Components:
+  if isinstance(config, build_lib.Components):
+    return config
+  return build_lib.build(config_lib.build_run_config(config))
+
+
 def sample_and_save(
   config: Any, workdir: str, *, num_samples: int | None = None, out_dir: str | None = None
 ) -> tuple[str, str]:
@@ -230,23 +220,25 @@ def sample_and_save(
 
   Labels cycle through the classes in blocks (row i of the grid = class i).
 
+  Args:
+    config: a run config (ConfigDict or RunConfig) or build.Components.
+    workdir: the run directory.
+    num_samples: default config.sample.num_samples.
+    out_dir: default workdir/samples.
+
   Returns:
-    (png path, npz path) under out_dir (default workdir/samples).
+    (png path, npz path) under out_dir.
   """
-  n = int(config.sample.num_samples if num_samples is None else num_samples)
+  components = _components(config)
+  run = components.run
+  n = run.generate.num_samples if num_samples is None else int(num_samples)
   if n < 1:
-    raise ValueError(f'config.sample.num_samples={n} must be >= 1.')
-  sample_fn, step = load_sampler(config, workdir)
-  num_classes = int(config.data.num_classes)
-  if not config.model.get('class_conditional', True):
-    num_classes = 0
-  labels, ncols = grid_labels(num_classes, n)
-  if len(labels) < n:  # n not a multiple of the classes: fill the last row.
-    extra = np.arange(n - len(labels), dtype=np.int32) % max(num_classes, 1)
-    labels = np.concatenate([labels, extra if num_classes else -np.ones_like(extra)])
-  images = sample_fn(labels, jax.random.PRNGKey(int(config.seed) + 2))
+    raise config_lib.ConfigError(f'config.sample.num_samples={n} must be >= 1.')
+  sample_fn, step = load_sampler(components, workdir)
+  labels, ncols = sample_labels(run, n)
+  images = sample_fn(labels, jax.random.PRNGKey(run.seed + 2))
   out_dir = out_dir or os.path.join(workdir, 'samples')
-  name = f'{config.sample.sampler}_step_{step:06d}'
+  name = f'{run.sample.sampler}_step_{step:06d}'
   png = os.path.join(out_dir, name + '.png')
   npz = os.path.join(out_dir, name + '.npz')
   if jax.process_index() == 0:
@@ -258,12 +250,12 @@ def sample_and_save(
 
 __all__ = [
   'GridSampler',
-  'abstract_params',
   'grid_labels',
   'load_sampler',
-  'make_batch_sampler',
   'make_grid',
+  'restore_ema_params',
   'sample_and_save',
+  'sample_labels',
   'to_uint8',
   'write_png',
 ]

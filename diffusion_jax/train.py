@@ -1,7 +1,8 @@
 """The training loop: a data-parallel train step, checkpoints, logs and sample grids.
 
-`train_and_evaluate(config, workdir)` validates the whole config, builds one
-compiled train step over a ('data', 'fsdp') mesh of every device of every host,
+`train_and_evaluate(config, workdir)` builds the typed run config once
+(config.build_run_config) and the run's components (build.build), jits one train
+step over a ('data', 'fsdp') mesh of every device of every host,
 restores the latest checkpoint if there is one, and trains to
 config.training.num_steps, writing metrics (clu), checkpoints (orbax) and sample
 grids of the EMA parameters along the way.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -22,11 +22,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from diffusion_jax import checkpointing, config_validation, optim, sampling
+from diffusion_jax import build as build_lib
+from diffusion_jax import checkpointing, optim, sampling
+from diffusion_jax import config as config_lib
 from diffusion_jax import sharding as sharding_lib
 from diffusion_jax.state import TrainState
 
@@ -39,41 +40,46 @@ StepCallback = Callable[[int, TrainState], None]
 
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
-  """The compiled pieces of a run (built once; the loop only calls them).
+  """The run's components and its jitted functions (built once; the loop only calls them).
 
   Attributes:
-    mesh: the device mesh.
-    model: the network (init/apply).
-    objective: the training objective (loss/sample).
-    tx: the optimizer.
-    lr_schedule: step -> learning rate.
-    optim_cfg: the validated optimizer settings.
-    state_sharding: TrainState-shaped pytree of NamedShardings.
-    batch_sharding: sharding of every batch array (leading dim over all devices).
+    components: model, objective, optimizer, mesh and shardings (build.build).
     init_state: rng -> TrainState, jitted with out_shardings (params are born on
       their shards).
     train_step: (state, batch) -> (state, metrics), jitted, state donated.
   """
 
-  mesh: jax.sharding.Mesh
-  model: Any
-  objective: Any
-  tx: optax.GradientTransformation
-  lr_schedule: optax.Schedule
-  optim_cfg: optim.OptimConfig
-  state_sharding: Any
-  batch_sharding: jax.sharding.NamedSharding
+  components: build_lib.Components
   init_state: Callable[[jax.Array], TrainState]
   train_step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]
 
+  @property
+  def mesh(self) -> jax.sharding.Mesh:
+    return self.components.mesh
 
-def _dummy_inputs(config: Any, batch: int = 1) -> dict[str, jax.Array]:
-  size, channels = int(config.data.image_size), int(config.data.num_channels)
-  return {
-    'x': jnp.zeros((batch, size, size, channels), jnp.float32),  # [B, H, W, C]
-    'noise_level': jnp.zeros((batch,), jnp.float32),  # [B]
-    'label': jnp.zeros((batch,), jnp.int32),  # [B]
-  }
+  @property
+  def model(self) -> Any:
+    return self.components.model
+
+  @property
+  def objective(self) -> Any:
+    return self.components.objective
+
+  @property
+  def tx(self) -> optax.GradientTransformation:
+    return self.components.tx
+
+  @property
+  def lr_schedule(self) -> optax.Schedule:
+    return self.components.lr_schedule
+
+  @property
+  def state_sharding(self) -> Any:
+    return self.components.state_sharding
+
+  @property
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    return self.components.batch_sharding
 
 
 def loss_buckets(
@@ -90,69 +96,49 @@ def loss_buckets(
   return sums, onehot.sum(axis=0)
 
 
-def create_train_setup(config: Any, mesh: jax.sharding.Mesh) -> TrainSetup:
-  """Builds model, objective, optimizer and the jitted init and train step over `mesh`.
-
-  Setups are cached per (config, mesh), so a second run in the same process (a
-  restart after preemption, a test) reuses the compiled step.
+def create_train_setup(components: Any, mesh: jax.sharding.Mesh | None = None) -> TrainSetup:
+  """Jits the init and train step of a run's components.
 
   Args:
-    config: the full run config (validated by config_validation.validate_config).
-    mesh: a ('data', 'fsdp') mesh from sharding.create_mesh.
+    components: build.Components, or a run config (ConfigDict or RunConfig) whose
+      components are built here, once.
+    mesh: for a config only: the mesh to build over (default: every device).
 
   Returns:
     The TrainSetup; nothing is compiled until its functions are first called.
   """
-  return _cached_setup(step_config(config), mesh)
-
-
-def step_config(config: Any) -> ml_collections.FrozenConfigDict:
-  """The part of the config the compiled train step depends on (the cache key)."""
-  return ml_collections.FrozenConfigDict(
-    {
-      'data': config.data,
-      'model': config.model,
-      'diffusion': config.diffusion,
-      'optim': config.optim,
-      'training': {
-        'num_steps': config.training.num_steps,
-        'batch_size': config.training.batch_size,  # EDM's EMA half-life is in images.
-      },
-    }
-  )
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_setup(config: Any, mesh: jax.sharding.Mesh) -> TrainSetup:
-  model, objective = config_validation.build_model_and_objective(config)
-  optim_cfg = optim.OptimConfig.from_config(config.optim, config.training.num_steps)
-  tx, lr_schedule = optim.create_optimizer(optim_cfg)
-  batch_size = int(config.training.batch_size)  # global, for the EMA half-life in images
-  conditional = int(config.data.num_classes) > 0
-
-  def init_fn(rng: jax.Array) -> TrainState:
-    init_rng, state_rng = jax.random.split(rng)
-    d = _dummy_inputs(config)
-    params = model.init(init_rng, d['x'], d['noise_level'], d['label'] if conditional else None)
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      ema_params=jax.tree.map(jnp.copy, params),
-      opt_state=tx.init(params),
-      rng=state_rng,
-      objective_state=objective.init_state(),
+  if not isinstance(components, build_lib.Components):
+    num_devices = None if mesh is None else mesh.size
+    components = build_lib.build(
+      config_lib.build_run_config(components, num_devices=num_devices), mesh
     )
-
-  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  state_sharding = sharding_lib.tree_shardings(mesh, abstract)
-  state_sharding = state_sharding.replace(
-    step=sharding_lib.replicated(mesh), rng=sharding_lib.replicated(mesh)
+  c = components
+  replicated = sharding_lib.replicated(c.mesh)
+  return TrainSetup(
+    components=c,
+    init_state=jax.jit(c.init_fn, out_shardings=c.state_sharding),
+    train_step=jax.jit(
+      make_train_step(c),
+      in_shardings=(c.state_sharding, c.batch_sharding),
+      out_shardings=(c.state_sharding, replicated),
+      donate_argnums=(0,),
+    ),
   )
-  batch_sharding = sharding_lib.batch_sharding(mesh)
-  replicated = sharding_lib.replicated(mesh)
+
+
+def make_train_step(components: build_lib.Components) -> Callable:
+  """(state, batch) -> (state, metrics) of one optimizer step on the global batch."""
+  run, model, objective, tx = (
+    components.run,
+    components.model,
+    components.objective,
+    components.tx,
+  )
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
+    if not run.conditional:  # an unconditional network never sees labels
+      batch = {k: v for k, v in batch.items() if k != 'label'}
 
     def loss_fn(params):
       loss, metrics, new_obj_state = objective.loss(
@@ -165,48 +151,37 @@ def _cached_setup(config: Any, mesh: jax.sharding.Mesh) -> TrainSetup:
     (loss, (metrics, obj_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = optim.ema_decay_for(optim_cfg, state.step, batch_size)
-    ema_params = optim.ema_update(state.ema_params, params, decay)
+    decay = optim.ema_decay_for(run.optim, state.step, run.global_batch_size)
     new_state = state.replace(
       step=state.step + 1,
       params=params,
-      ema_params=ema_params,
+      ema_params=optim.ema_update(state.ema_params, params, decay),
       opt_state=opt_state,
       objective_state=obj_state,
     )
-    sums, counts = loss_buckets(metrics['noise_t'], metrics['loss_per_example'])
-    out = {
-      k: v.astype(jnp.float32)
-      for k, v in metrics.items()
-      if jnp.ndim(v) == 0 and jnp.issubdtype(v.dtype, jnp.floating)
-    }
-    out.update(
-      loss=loss.astype(jnp.float32),
-      grad_norm=optim.global_norm(grads),
-      learning_rate=jnp.asarray(lr_schedule(state.step), jnp.float32),
-      ema_decay=decay,
-      loss_bucket_sum=sums,
-      loss_bucket_count=counts,
-    )
+    out = step_metrics(metrics, loss, grads, components.lr_schedule(state.step), decay)
     return new_state, out
 
-  return TrainSetup(
-    mesh=mesh,
-    model=model,
-    objective=objective,
-    tx=tx,
-    lr_schedule=lr_schedule,
-    optim_cfg=optim_cfg,
-    state_sharding=state_sharding,
-    batch_sharding=batch_sharding,
-    init_state=jax.jit(init_fn, out_shardings=state_sharding),
-    train_step=jax.jit(
-      train_step,
-      in_shardings=(state_sharding, batch_sharding),
-      out_shardings=(state_sharding, replicated),
-      donate_argnums=(0,),
-    ),
+  return train_step
+
+
+def step_metrics(metrics: dict, loss, grads, learning_rate, decay) -> dict[str, jax.Array]:
+  """The logged scalars of a step, plus the per-noise-level loss sums and counts."""
+  sums, counts = loss_buckets(metrics['noise_t'], metrics['loss_per_example'])
+  out = {
+    k: v.astype(jnp.float32)
+    for k, v in metrics.items()
+    if jnp.ndim(v) == 0 and jnp.issubdtype(v.dtype, jnp.floating)
+  }
+  out.update(
+    loss=loss.astype(jnp.float32),
+    grad_norm=optim.global_norm(grads),
+    learning_rate=jnp.asarray(learning_rate, jnp.float32),
+    ema_decay=decay,
+    loss_bucket_sum=sums,
+    loss_bucket_count=counts,
   )
+  return out
 
 
 def abstract_state(setup: TrainSetup) -> TrainState:
@@ -228,8 +203,12 @@ def to_global_batch(batch: dict[str, Any], sharding: jax.sharding.NamedSharding)
   return out
 
 
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN/Inf; the one-line message names the step and the fix."""
+
+
 def check_finite(buffer: list[tuple[int, dict]]) -> None:
-  """Raises FloatingPointError naming the first buffered step with a NaN/Inf loss.
+  """Raises NonFiniteLossError naming the first buffered step with a NaN/Inf loss.
 
   Args:
     buffer: (step, metrics) pairs of the steps since the last check; fetching
@@ -238,7 +217,7 @@ def check_finite(buffer: list[tuple[int, dict]]) -> None:
   host = jax.device_get([(m['loss'], m['grad_norm']) for _, m in buffer])
   for (step, _), (loss, gnorm) in zip(buffer, host):
     if not (np.isfinite(loss) and np.isfinite(gnorm)):
-      raise FloatingPointError(
+      raise NonFiniteLossError(
         f'Non-finite training loss at step {step} (loss={float(loss)}, '
         f'grad_norm={float(gnorm)}). Stopping without saving; the last good checkpoint '
         'is kept. Lower config.optim.learning_rate, set config.optim.grad_clip (e.g. '
@@ -271,80 +250,109 @@ def summarize(buffer: list[tuple[int, dict]]) -> dict[str, float]:
 
 
 def train_and_evaluate(
-  config: Any, workdir: str, *, step_callback: StepCallback | None = None
+  config: Any,
+  workdir: str,
+  *,
+  step_callback: StepCallback | None = None,
+  setup: TrainSetup | None = None,
 ) -> TrainState:
   """Trains to config.training.num_steps (resuming from workdir's latest checkpoint).
 
   Args:
-    config: the full run config (see configs/default.py).
+    config: the run config: a ConfigDict (see configs/default.py) or a RunConfig.
     workdir: where checkpoints, summaries and sample grids go.
     step_callback: optional `callback(step, state)` after every step (tests use
       it to simulate failures).
+    setup: a TrainSetup of this same config to reuse (its compiled functions);
+      default: built here.
 
   Returns:
     The final TrainState (or the one saved when a stop was requested).
 
   Raises:
-    ValueError: for an invalid config, before anything is compiled.
+    ConfigError: (a ValueError) for an invalid config, before anything is compiled.
     FloatingPointError: when the loss becomes NaN/Inf (names the step).
   """
-  from clu import metric_writers, parameter_overview, periodic_actions
+  from clu import metric_writers
 
-  from diffusion_jax import input_pipeline
-
-  config_validation.validate_config(config)
-  tcfg = config.training
-  num_steps = int(tcfg.num_steps)
+  run = config_lib.build_run_config(config)
+  if setup is None:
+    setup = create_train_setup(build_lib.build(run))
+  elif setup.components.run != run:
+    raise ValueError('train_and_evaluate: `setup` was built from a different config.')
   is_chief = jax.process_index() == 0
   if is_chief:
     os.makedirs(workdir, exist_ok=True)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-
-  mesh = sharding_lib.create_mesh(int(tcfg.mesh_fsdp))
-  setup = create_train_setup(config, mesh)
-  grid = sampling.GridSampler.create(config, mesh)
-
-  ckpt = checkpointing.Checkpointer(
-    workdir, save_every=int(tcfg.checkpoint_every), keep=int(tcfg.keep_checkpoints)
-  )
+  grid = sampling.GridSampler.create(setup.components)
+  t = run.training
+  ckpt = checkpointing.Checkpointer(workdir, save_every=t.checkpoint_every, keep=t.keep_checkpoints)
   with ckpt, metric_writers.ensure_flushes(writer):
-    rng = jax.random.PRNGKey(int(config.seed))
-    latest = ckpt.latest_step()
-    if latest is not None:
-      logging.info('Restoring the checkpoint of step %d from %s.', latest, ckpt.directory)
-      state = ckpt.restore(abstract_state(setup))
-      step = latest
-    else:
-      state = None
-      step = 0
-    if step >= num_steps:
-      logging.info('Step %d >= config.training.num_steps=%d: nothing to train.', step, num_steps)
+    state, step = _restore(ckpt, setup)
+    if step >= t.num_steps:
+      logging.info('Step %d >= config.training.num_steps=%d: nothing to train.', step, t.num_steps)
       return state
+    if state is None:
+      state = setup.init_state(jax.random.PRNGKey(run.seed))
+      writer.write_hparams(run.hparams())
+    loop = _Loop(setup, ckpt, writer, grid, workdir, step_callback)
+    state = loop.run(state, step)
+    ckpt.wait_until_finished()
+  return state
+
+
+def _restore(ckpt: checkpointing.Checkpointer, setup: TrainSetup) -> tuple[Any, int]:
+  latest = ckpt.latest_step()
+  if latest is None:
+    return None, 0
+  logging.info('Restoring the checkpoint of step %d from %s.', latest, ckpt.directory)
+  return ckpt.restore(abstract_state(setup)), latest
+
+
+@dataclasses.dataclass
+class _Loop:
+  """The step loop: logs, checkpoints, sample grids and stop requests on their schedule."""
+
+  setup: TrainSetup
+  ckpt: checkpointing.Checkpointer
+  writer: Any
+  grid: sampling.GridSampler
+  workdir: str
+  step_callback: StepCallback | None
+
+  def _hooks(self) -> list:
+    from clu import periodic_actions
+
+    if jax.process_index() != 0:
+      return []
+    t = self.setup.components.run.training
+    hooks = [periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=self.writer)]
+    if t.profile:
+      hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=self.workdir))
+    return hooks
+
+  def run(self, state: TrainState, step: int) -> TrainState:
+    """Trains from `step` to num_steps; returns early (saved) on a stop request."""
+    from clu import parameter_overview
+
+    from diffusion_jax import input_pipeline
+
+    run, setup = self.setup.components.run, self.setup
+    if jax.process_index() == 0:
+      parameter_overview.log_parameter_overview(state.params, msg='Model parameters')
     data: Iterator[dict] = input_pipeline.create_input_iter(
-      config.data,
-      int(tcfg.batch_size),
-      seed=int(config.seed),
+      run.data,
+      run.global_batch_size,
+      seed=run.seed,
       start_step=step,
       sharding=setup.batch_sharding,
     )
-    if state is None:
-      state = setup.init_state(rng)
-      writer.write_hparams(_flat_hparams(config))
-    if is_chief:
-      parameter_overview.log_parameter_overview(state.params, msg='Model parameters')
-
     try:
-      hooks = []
-      if is_chief:
-        hooks.append(periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer))
-        if bool(tcfg.profile):
-          hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
-      log_every, ckpt_every = int(tcfg.log_every), int(tcfg.checkpoint_every)
-      sample_every = int(tcfg.sample_every)
+      hooks = self._hooks()
       buffer: list[tuple[int, dict]] = []
       inflight: collections.deque = collections.deque()
-      logging.info('Training from step %d to %d.', step, num_steps)
-      while step < num_steps:
+      logging.info('Training from step %d to %d.', step, run.training.num_steps)
+      while step < run.training.num_steps:
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           batch = to_global_batch(next(data), setup.batch_sharding)
           state, metrics = setup.train_step(state, batch)
@@ -355,48 +363,38 @@ def train_and_evaluate(
         inflight.append(metrics['loss'])
         if len(inflight) > MAX_STEPS_IN_FLIGHT:
           jax.block_until_ready(inflight.popleft())
-        if step_callback is not None:
-          step_callback(step, state)
+        if self.step_callback is not None:
+          self.step_callback(step, state)
         for hook in hooks:
           hook(step)
-        last = step == num_steps
-        stop = ckpt.should_stop(step)
-        due_log = step % log_every == 0 or last
-        due_ckpt = step % ckpt_every == 0 or last or stop
-        due_sample = (sample_every > 0 and step % sample_every == 0) or last
-        if due_ckpt:
-          # Checked before every save, so a NaN state never reaches a checkpoint.
-          check_finite(buffer)
-        if due_log:
-          writer.write_scalars(step, summarize(buffer))
-          buffer = []
-        if due_ckpt:
-          ckpt.save(step, state, force=True)
+        buffer, stop = self._after_step(step, state, buffer)
         if stop:
-          ckpt.wait_until_finished()
-          logging.warning('Stopped at step %d after a stop request; checkpoint saved.', step)
           return state
-        if due_sample:
-          grid.write(writer, workdir, step, state.ema_params)
     finally:
       if hasattr(data, 'close'):
         data.close()
-    ckpt.wait_until_finished()
-  return state
+    return state
 
-
-def _flat_hparams(config: Any) -> dict[str, Any]:
-  flat: dict[str, Any] = {}
-
-  def walk(prefix: str, node: Any) -> None:
-    for key, value in node.items():
-      name = f'{prefix}{key}'
-      if hasattr(value, 'items'):
-        walk(name + '.', value)
-      elif isinstance(value, (bool, int, float, str)):
-        flat[name] = value
-      else:
-        flat[name] = str(value)
-
-  walk('', config)
-  return flat
+  def _after_step(self, step: int, state: TrainState, buffer: list) -> tuple[list, bool]:
+    """Logs, saves and samples when due; returns (buffer, stopped)."""
+    t = self.setup.components.run.training
+    last = step == t.num_steps
+    stop = self.ckpt.should_stop(step)
+    due_log = step % t.log_every == 0 or last
+    due_ckpt = step % t.checkpoint_every == 0 or last or stop
+    due_sample = (t.sample_every > 0 and step % t.sample_every == 0) or last
+    if due_ckpt:
+      # Checked before every save, so a NaN state never reaches a checkpoint.
+      check_finite(buffer)
+    if due_log:
+      self.writer.write_scalars(step, summarize(buffer))
+      buffer = []
+    if due_ckpt:
+      self.ckpt.save(step, state, force=True)
+    if stop:
+      self.ckpt.wait_until_finished()
+      logging.warning('Stopped at step %d after a stop request; checkpoint saved.', step)
+      return buffer, True
+    if due_sample:
+      self.grid.write(self.writer, self.workdir, step, state.ema_params)
+    return buffer, False

@@ -117,14 +117,13 @@ def run_process(args) -> dict:
   import numpy as np
   from jax.experimental import multihost_utils
 
-  from diffusion_jax import input_pipeline, train
-  from diffusion_jax import sharding as sharding_lib
+  from diffusion_jax import build, input_pipeline, train
+  from diffusion_jax import config as config_lib
 
   _log(f'process {jax.process_index()} of {jax.process_count()}: {jax.device_count()} devices')
-  config = load_config(args.config, args.set)
-  batch_size = int(config.training.batch_size)
-  mesh = sharding_lib.create_mesh(int(config.training.mesh_fsdp))
-  setup = train.create_train_setup(config, mesh)
+  run = config_lib.build_run_config(load_config(args.config, args.set))
+  batch_size = run.global_batch_size
+  setup = train.create_train_setup(build.build(run))
   state = setup.init_state(jax.random.PRNGKey(args.seed))
   _log('state initialized')
 
@@ -137,7 +136,7 @@ def run_process(args) -> dict:
 
   # Identical global batches in every process: the pipeline as one simulated host.
   data = input_pipeline.create_input_iter(
-    config.data, batch_size, seed=args.seed, process_index=0, process_count=1
+    run.data, batch_size, seed=args.seed, process_index=0, process_count=1
   )
   losses = []
   for _ in range(args.steps):
@@ -168,7 +167,7 @@ def run_process(args) -> dict:
   if args.pipeline_steps:
     # The real multi-host input path: each process reads its own part of the data set.
     data = input_pipeline.create_input_iter(
-      config.data,
+      run.data,
       batch_size,
       seed=args.seed,
       start_step=args.steps,

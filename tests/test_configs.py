@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from diffusion_jax import config_validation
+from diffusion_jax import config as config_lib
 from diffusion_jax.models import ModelConfig
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
@@ -17,20 +17,6 @@ from configs import default  # noqa: E402
 
 IMAGENET = ('imagenet64', 'imagenet128', 'imagenet256', 'imagenet512', 'imagenet1024')
 CIFAR = ('cifar10_ddpm', 'cifar10_iddpm', 'cifar10_ncsnv2', 'cifar10_edm', 'cifar10_rin')
-# Keys these configs add on top of configs/default.py (read with .get by their consumers).
-ADDED_KEYS = {
-  'model.class_conditional',
-  'model.self_cond',
-  'model.scale_shift_norm',
-  'model.resblock_updown',
-  'model.skip_scale',
-  'diffusion.fixed_variance',
-  'sample.n_steps_each',
-  'sample.step_lr',
-  'sample.sigma_min',
-  'sample.sigma_max',
-  'sample.rho',
-}
 
 
 def load(name):
@@ -48,15 +34,16 @@ def flat_keys(config, prefix=''):
   return keys
 
 
-@pytest.mark.parametrize('name', IMAGENET + CIFAR)
+@pytest.mark.parametrize('name', IMAGENET + CIFAR + ('digits',))
 def test_config_is_valid_and_documents_its_launch_command(name):
   module, config = load(name)
   assert f'python main.py --config=configs/{name}.py --workdir=' in module.__doc__
   cfg = ModelConfig.from_config(config.model, config.data)
   assert cfg.image_size == config.data.image_size
-  unknown = flat_keys(config) - flat_keys(default.get_config()) - ADDED_KEYS
+  unknown = flat_keys(config) - flat_keys(default.get_config())
   assert not unknown, f'keys missing from configs/default.py: {sorted(unknown)}'
-  config_validation.validate_config(config, num_devices=8)  # as the trainer reads it
+  run = config_lib.build_run_config(config, num_devices=8)  # as the trainer reads it
+  assert run.model == cfg
 
 
 # The RIN configs' settings against the authors' sweeps, line by line: experiments/recipes.py

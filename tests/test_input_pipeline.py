@@ -327,3 +327,34 @@ def test_missing_imagenet_names_the_manual_directory(tmp_path):
   assert os.path.join(str(tmp_path), 'downloads', 'manual') in message
   assert 'ILSVRC2012_img_train.tar' in message and 'ILSVRC2012_img_val.tar' in message
   assert info.value.__suppress_context__  # raised `from None`: no tfds traceback chain
+
+
+@pytest.mark.parametrize('folder', ['missing', 'empty'])
+def test_bad_image_folder_is_a_dataset_missing_error(tmp_path, folder):
+  # DatasetMissingError is a FileNotFoundError: main.py prints its one line, no traceback.
+  root = tmp_path / folder
+  if folder == 'empty':
+    root.mkdir()
+  cfg = _data_cfg(name='folder', folder=str(root), image_size=16, num_channels=3)
+  with pytest.raises(ip.DatasetMissingError, match='config.data.folder'):
+    ip.create_input_iter(cfg, 4, seed=0)
+
+
+def test_offline_download_fails_fast(tmp_path, monkeypatch):
+  import socket
+  import time
+
+  from tensorflow_datasets.core.download import downloader
+
+  def offline(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, 'Name or service not known')
+
+  monkeypatch.setattr(socket, 'getaddrinfo', offline)
+  retries = downloader.MAX_RETRIES
+  start = time.monotonic()
+  with pytest.raises(ip.DatasetMissingError, match='no connection to ') as info:
+    sources.get_tfds_builder('cifar10', str(tmp_path))
+  # tfds's own 10 retries with backoff took 3.5 minutes to fail.
+  assert time.monotonic() - start < 30
+  assert 'config.data.data_dir' in str(info.value) and '\n' not in str(info.value)
+  assert downloader.MAX_RETRIES == retries

@@ -79,3 +79,71 @@ def test_unknown_config_override_is_rejected(monkeypatch):
   with pytest.raises((flags.Error, AttributeError), match='nope'):
     _parse([f'--config={ROOT}/configs/digits.py:tiny', '--config.training.nope=1'], monkeypatch)
   flags.FLAGS.unparse_flags()
+
+
+def _assert_one_error_line(text, *needles):
+  lines = [line for line in text.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: '), text
+  assert 'Traceback' not in text
+  for needle in needles:
+    assert needle in lines[0], text
+
+
+@pytest.mark.parametrize(
+  'args,needles',
+  [
+    (
+      ['--config.training.batch_szie=8'],
+      ['--config.training.batch_szie', 'did you mean config.training.batch_size?'],
+    ),
+    (['--config.trainin.batch_size=8'], ["no key 'trainin'", 'did you mean config.training?']),
+    (['--config.training.batch_size=abc'], ['--config.training.batch_size=abc']),
+    (['--config=configs/nope.py'], ["no such file 'configs/nope.py'"]),
+    (['--config=configs/nope.py', '--config.seed=1'], ["no such file 'configs/nope.py'"]),
+    (['--config=configs/digits.py:nope'], ["argument 'nope' is not known"]),
+    (['extra'], ["unexpected arguments ['extra']"]),
+  ],
+)
+def test_bad_command_line_fails_in_one_line(args, needles):
+  import subprocess
+  import time
+
+  if not any(a.startswith('--config=') for a in args):
+    args = ['--config=configs/digits.py:tiny', *args]
+  start = time.monotonic()
+  proc = subprocess.run(
+    [sys.executable, 'main.py', '--workdir=unused', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  # Flags and the config file are checked before TensorFlow or JAX start.
+  assert time.monotonic() - start < 10
+  assert proc.returncode != 0
+  _assert_one_error_line(proc.stderr, *needles)
+
+
+def _exit_message(monkeypatch, run):
+  monkeypatch.setattr(main_lib, '_run', run)
+  with pytest.raises(SystemExit) as info:
+    main_lib.main(['main.py'])
+  return str(info.value.code)
+
+
+def test_missing_image_folder_fails_in_one_line(tmp_path, monkeypatch):
+  from diffusion_jax.data import sources
+
+  missing = str(tmp_path / 'nope')
+  message = _exit_message(monkeypatch, lambda: sources.list_image_folder(missing))
+  _assert_one_error_line(message, f'config.data.folder={missing!r}')
+
+
+def test_diverged_run_fails_in_one_line(monkeypatch):
+  from diffusion_jax import train
+
+  def run():
+    train.check_finite([(5, {'loss': np.float32(np.nan), 'grad_norm': np.float32(1.0)})])
+
+  message = _exit_message(monkeypatch, run)
+  _assert_one_error_line(message, 'step 5', 'config.optim.learning_rate')

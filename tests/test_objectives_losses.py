@@ -11,11 +11,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_jax import parameterization
+from diffusion_jax import parameterization, samplers
 from diffusion_jax import schedules as schedules_lib
 from diffusion_jax.objectives import DiffusionConfig, create_objective, self_conditioning
-from diffusion_jax.objectives.chen import noise_input, prediction_target
+from diffusion_jax.objectives.chen import noise_input
 from diffusion_jax.objectives.edm import effective_target
+from diffusion_jax.parameterization import prediction_target
 
 C = 0.2  # the one-point data set {C} whose exact denoiser is known
 
@@ -230,7 +231,8 @@ def test_discrete_model_is_fed_rescaled_timesteps(rescale):
   for sampler in ('ddpm', 'ddim'):
     fed.clear()
     noise = jax.random.normal(jax.random.key(2), (2, 2, 2, 1))
-    obj.sample(apply, {}, noise, None, jax.random.key(3), dict(sampler=sampler, num_steps=10))
+    settings = samplers.SampleSettings(sampler=sampler, num_steps=10)
+    samplers.sample(obj, apply, {}, noise, None, jax.random.key(3), settings)
     jax.effects_barrier()
     want = schedules_lib.space_timesteps(T, 10).astype(np.float32) * per_step  # [10]
     np.testing.assert_array_equal(np.unique(np.concatenate(fed)), want)
@@ -317,7 +319,7 @@ def test_cifar10_ncsnv2_ladder_is_the_papers_relative_to_the_data():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  obj = create_objective(config.diffusion, config.model, config.data)
+  obj = create_objective(config.diffusion, config.model)
   d = config.data.image_size**2 * config.data.num_channels
   # Pipeline images in [-1, 1]: the two extremes and random ones in between.
   rng = np.random.default_rng(0)
@@ -432,9 +434,9 @@ def test_guided_stateful_denoiser():
 def test_sample_recovers_the_one_point_data_set(case, sampler):
   obj = create_objective(_cfg(**case))
   apply = _oracle(obj, v=0.0)
-  sample_cfg = dict(sampler=sampler, num_steps=8, clip_x0=True)
+  settings = samplers.SampleSettings(sampler=sampler, num_steps=8, clip_x0=True)
   noise = jax.random.normal(jax.random.key(11), (2, 4, 4, 1))
-  out = jax.jit(lambda n, r: obj.sample(apply, {'w': 1.0}, n, None, r, sample_cfg))(
+  out = jax.jit(lambda n, r: samplers.sample(obj, apply, {'w': 1.0}, n, None, r, settings))(
     noise, jax.random.key(12)
   )
   assert out.shape == noise.shape
@@ -445,7 +447,8 @@ def test_ncsn_sample_runs():
   obj = create_objective(_cfg(objective='ncsn', sigma_max=1.0, sigma_min=0.05, num_levels=5))
   apply = lambda params, x, noise_level, **_: (-0.5 * x, None)
   noise = jax.random.normal(jax.random.key(13), (2, 4, 4, 1))
-  out = obj.sample(apply, {}, noise, None, jax.random.key(14), dict(n_steps_each=2))
+  settings = samplers.SampleSettings(n_steps_each=2)
+  out = samplers.sample(obj, apply, {}, noise, None, jax.random.key(14), settings)
   assert out.shape == noise.shape and np.all(np.abs(np.asarray(out)) <= 1.0)
 
 
@@ -476,7 +479,10 @@ def _default_config() -> ml_collections.ConfigDict:
     (dict(schedule_start=1.0, schedule_end=0.0, train_schedule='cosine'), 'schedule_start'),
     (dict(objective='ncsn', sigma_min=60.0), 'config.diffusion.sigma_max'),
     (dict(objective='edm', importance_sampling=True), 'importance_sampling'),
-    (dict(normalise='none'), 'unknown keys'),
+    (
+      dict(normalise='none'),
+      'normalise is not a known key; did you mean config.diffusion.normalize',
+    ),
     (dict(objective='ncsn', data_range='pixels'), 'config.diffusion.data_range'),
     (dict(objective='ncsn', ncsn_loss_reduction='avg'), 'config.diffusion.ncsn_loss_reduction'),
     (dict(objective='ddpm', num_timesteps=10), 'config.diffusion.num_timesteps=10'),
@@ -488,7 +494,7 @@ def test_config_errors_name_the_key(overrides, match):
   for k, v in overrides.items():
     diffusion[k] = v
   with pytest.raises(ValueError, match=match):
-    create_objective(diffusion, cfg.model, cfg.data)
+    create_objective(diffusion, cfg.model)
 
 
 def test_rescale_timesteps_must_be_a_bool():
@@ -500,7 +506,7 @@ def test_default_config_builds_every_objective():
   cfg = _default_config()
   for name in ('chen', 'ddpm', 'iddpm', 'edm', 'ncsn'):
     cfg.diffusion.objective = name
-    assert create_objective(cfg.diffusion, cfg.model, cfg.data).config.objective == name
+    assert create_objective(cfg.diffusion, cfg.model).config.objective == name
   with pytest.raises(ValueError, match='config.sample.sampler'):
     from diffusion_jax.objectives import SampleSettings
 

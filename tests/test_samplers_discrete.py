@@ -97,7 +97,7 @@ def test_discrete_samplers_match_mixture(sampler, schedule, timesteps, kwargs):
   denoise = MIXTURE.denoise
   if kwargs.get('variance') == 'learned':
     denoise = lambda x, s: (MIXTURE.denoise(x, s), jnp.zeros_like(x))
-  fn = samplers.get_sampler(sampler)
+  fn = {'ddpm': samplers.ddpm_sample, 'ddim': samplers.ddim_sample}[sampler]
   run = jax.jit(lambda z, k: fn(denoise, z, schedule, timesteps=ts, rng=k, **kwargs))
   x = run(jax.random.normal(jax.random.key(3), (NUM, 2)), jax.random.key(4))
   assert_matches_mixture(MIXTURE, x)

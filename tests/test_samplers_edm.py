@@ -354,17 +354,6 @@ def test_bad_arguments_raise_value_errors():
   assert common.trajectory_indices(False, 3) is None
 
 
-def test_registry():
-  assert samplers.get_sampler('edm') is samplers.edm_sample
-  assert {'ddpm', 'ddim', 'ddim_encode', 'chen', 'langevin'} <= set(samplers.sampler_names())
-  with pytest.raises(ValueError, match='unknown sampler'):
-    samplers.get_sampler('nope')
-
-  @samplers.register_sampler('test_identity')
-  def identity(denoise_fn, x, *args, **kwargs):
-    return x
-
-  assert samplers.get_sampler('test_identity') is identity
-  with pytest.raises(ValueError, match='already registered'):
-    samplers.register_sampler('test_identity', lambda *a: None)
+def test_package_exports_the_family_modules():
+  # The registry itself is tested in test_samplers_registry.py.
   assert exact.GaussianMixture is samplers.GaussianMixture

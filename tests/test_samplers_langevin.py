@@ -101,8 +101,11 @@ def test_ncsn_objective_sampler_matches_the_reference_loop(data_range, clip):
 
   noise = jax.random.normal(jax.random.key(0), (3, 2, 2, 1))
   rng = jax.random.key(1)
-  sample_cfg = dict(sampler='langevin', n_steps_each=steps, step_lr=step_lr, clip_x0=clip)
-  out = np.asarray(jax.jit(lambda n, r: obj.sample(apply, {}, n, None, r, sample_cfg))(noise, rng))
+  settings = samplers.SampleSettings(
+    sampler='langevin', n_steps_each=steps, step_lr=step_lr, clip_x0=clip
+  )
+  run = jax.jit(lambda n, r: samplers.sample(obj, apply, {}, n, None, r, settings))
+  out = np.asarray(run(noise, rng))
 
   a, c = {'unit': (0.5, 0.5), 'symmetric': (1.0, 0.0)}[data_range]  # x_net = a x + c
   sigmas = np.geomspace(1.0, 0.05, levels)

@@ -1,7 +1,8 @@
 """Tests of the trainer (diffusion_jax/train.py) on the tiny digits config, 8 CPU devices.
 
-The compiled train step and sampler are cached per config, so the runs below
-share two step compilations (8 devices and 1 device) and one sampler compilation.
+The straight run's TrainSetup (the `setup` fixture) is passed to the other runs, so they
+share its compiled train step and sampler: two step compilations (8 devices and 1
+device) and one sampler compilation in all.
 """
 
 import dataclasses
@@ -17,21 +18,63 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import digits  # noqa: E402
-from diffusion_jax import checkpointing, input_pipeline, sampling, train  # noqa: E402
+from diffusion_jax import (  # noqa: E402
+  checkpointing,
+  input_pipeline,
+  models,
+  objectives,
+  sampling,
+  train,
+)
 from diffusion_jax import sharding as sharding_lib  # noqa: E402
 
 
 @pytest.fixture(scope='module')
 def config():
-  return digits.get_config('tiny')  # 6 steps, checkpoint every 2, batch 16
+  c = digits.get_config('tiny')  # 6 steps, checkpoint every 2, batch 16
+  c.training.sample_every = 3  # periodic grids at steps 3 and 6
+  return c
 
 
 @pytest.fixture(scope='module')
-def straight_run(config, tmp_path_factory):
-  """An uninterrupted run: (final state, workdir)."""
+def built(config, tmp_path_factory):
+  """An uninterrupted run, counting constructions: (final state, workdir, setup, counts)."""
   workdir = str(tmp_path_factory.mktemp('straight'))
-  state = train.train_and_evaluate(config, workdir)
-  return jax.device_get(state), workdir
+  counts = {'model': 0, 'objective': 0}
+  setups = []
+  create_model, create_objective = models.create_model, objectives.create_objective
+  create_setup = train.create_train_setup
+
+  def counting_model(*args, **kwargs):
+    counts['model'] += 1
+    return create_model(*args, **kwargs)
+
+  def counting_objective(*args, **kwargs):
+    counts['objective'] += 1
+    return create_objective(*args, **kwargs)
+
+  def recording_setup(*args, **kwargs):
+    setups.append(create_setup(*args, **kwargs))
+    return setups[-1]
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(models, 'create_model', counting_model)
+    mp.setattr(objectives, 'create_objective', counting_objective)
+    mp.setattr(train, 'create_train_setup', recording_setup)
+    state = train.train_and_evaluate(config, workdir)
+  return jax.device_get(state), workdir, setups[0], counts
+
+
+@pytest.fixture(scope='module')
+def straight_run(built):
+  """An uninterrupted run: (final state, workdir)."""
+  return built[0], built[1]
+
+
+@pytest.fixture(scope='module')
+def setup(built):
+  """The straight run's TrainSetup (compiled train step and sampler)."""
+  return built[2]
 
 
 def _assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
@@ -39,9 +82,9 @@ def _assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
-def test_one_step_on_8_devices_equals_1_device(config):
+def test_one_step_on_8_devices_equals_1_device(config, setup):
   assert jax.device_count() == 8
-  setup8 = train.create_train_setup(config, sharding_lib.create_mesh(1))
+  setup8 = setup  # the straight run's, over every device
   setup1 = train.create_train_setup(config, sharding_lib.create_mesh(1, devices=jax.devices()[:1]))
   state8 = setup8.init_state(jax.random.PRNGKey(3))
   state1 = jax.device_put(jax.device_get(state8), setup1.state_sharding)
@@ -59,6 +102,13 @@ def test_one_step_on_8_devices_equals_1_device(config):
   assert int(new8.step) == int(new1.step) == 1
 
 
+def test_model_and_objective_are_built_once_per_training_run(built):
+  # One construction serves the train step and the periodic grids (steps 3 and 6).
+  _, workdir, _, counts = built
+  assert counts == {'model': 1, 'objective': 1}
+  assert os.path.exists(os.path.join(workdir, 'samples', 'step_000003.png'))
+
+
 def test_straight_run_trains_and_writes_samples(straight_run, config):
   state, workdir = straight_run
   assert int(state.step) == config.training.num_steps
@@ -72,7 +122,9 @@ def test_straight_run_trains_and_writes_samples(straight_run, config):
   assert diff > 0
 
 
-def test_killed_run_resumes_from_last_save_and_matches_straight_run(straight_run, config, tmp_path):
+def test_killed_run_resumes_from_last_save_and_matches_straight_run(
+  straight_run, config, setup, tmp_path
+):
   workdir = str(tmp_path)
 
   def crash_at_5(step, state):
@@ -80,11 +132,13 @@ def test_killed_run_resumes_from_last_save_and_matches_straight_run(straight_run
       raise RuntimeError('simulated crash')
 
   with pytest.raises(RuntimeError, match='simulated crash'):
-    train.train_and_evaluate(config, workdir, step_callback=crash_at_5)
+    train.train_and_evaluate(config, workdir, step_callback=crash_at_5, setup=setup)
   assert checkpointing.latest_step(workdir) == 4  # lost only step 5 (saves every 2)
 
   seen = []
-  resumed = train.train_and_evaluate(config, workdir, step_callback=lambda s, _: seen.append(s))
+  resumed = train.train_and_evaluate(
+    config, workdir, step_callback=lambda s, _: seen.append(s), setup=setup
+  )
   assert seen == [5, 6]
   resumed = jax.device_get(resumed)
   straight, _ = straight_run
@@ -94,18 +148,18 @@ def test_killed_run_resumes_from_last_save_and_matches_straight_run(straight_run
   _assert_trees_close(resumed.opt_state, straight.opt_state)
 
 
-def test_sigterm_saves_then_stops_and_sample_mode_writes_png_and_npz(config, tmp_path):
+def test_sigterm_saves_then_stops_and_sample_mode_writes_png_and_npz(config, setup, tmp_path):
   workdir = str(tmp_path)
 
   def sigterm_at_3(step, state):
     if step == 3:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  state = train.train_and_evaluate(config, workdir, step_callback=sigterm_at_3)
+  state = train.train_and_evaluate(config, workdir, step_callback=sigterm_at_3, setup=setup)
   assert int(state.step) == 3
   assert checkpointing.latest_step(workdir) == 3
 
-  png, npz = sampling.sample_and_save(config, workdir)
+  png, npz = sampling.sample_and_save(setup.components, workdir)
   assert png.endswith('.png') and os.path.exists(png)
   with np.load(npz) as f:
     images, labels = f['images'], f['labels']
@@ -118,25 +172,19 @@ def test_sigterm_saves_then_stops_and_sample_mode_writes_png_and_npz(config, tmp
     assert im.size[1] == 2 * (10 * 17 + 1)  # 10 rows (one per class), upscaled 2x
 
 
-def test_nan_loss_stops_naming_the_step_without_saving(config, tmp_path, monkeypatch):
-  real = train.create_train_setup
+def test_nan_loss_stops_naming_the_step_without_saving(config, setup, tmp_path):
+  calls = []
 
-  def poisoned(cfg, mesh):
-    setup = real(cfg, mesh)
+  def step(state, batch):
+    new_state, metrics = setup.train_step(state, batch)
+    if len(calls) == 2:  # the third step
+      metrics = dict(metrics, loss=jnp.float32(jnp.nan))
+    calls.append(1)
+    return new_state, metrics
 
-    def step(state, batch):
-      new_state, metrics = setup.train_step(state, batch)
-      if poisoned.calls == 2:  # the third step
-        metrics = dict(metrics, loss=jnp.float32(jnp.nan))
-      poisoned.calls += 1
-      return new_state, metrics
-
-    return dataclasses.replace(setup, train_step=step)
-
-  poisoned.calls = 0
-  monkeypatch.setattr(train, 'create_train_setup', poisoned)
+  poisoned = dataclasses.replace(setup, train_step=step)
   with pytest.raises(FloatingPointError, match='step 3'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(tmp_path), setup=poisoned)
   assert checkpointing.latest_step(str(tmp_path)) == 2  # step 4's save never happened
 
 

@@ -15,10 +15,12 @@ inside functions: importing this module does not start TensorFlow.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import os
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -42,6 +44,7 @@ DIGITS_NUM_EXAMPLES = 1797
 DIGITS_NUM_TRAIN = 1437  # 80 % of 1,797; the other 360 are the test split.
 _DIGITS_SPLIT_SEED = 0
 _IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+_DOWNLOAD_RETRIES = 2  # per URL: offline, a failed download then takes about a second
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -184,9 +187,9 @@ def list_image_folder(root: str):
     (paths: list[str] sorted, labels: int32 [N], class_names: list[str], num_not_images).
   """
   if not root or not os.path.isdir(root):
-    raise ValueError(
-      f'config.data.folder must be an existing directory of images (one subfolder per '
-      f'class), got {root!r}.'
+    raise DatasetMissingError(
+      f'config.data.folder={root!r} is not a directory: with config.data.name=folder, set '
+      'config.data.folder to a directory of images (one subfolder per class).'
     )
   class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name[0] != '.')
   if class_names:
@@ -224,7 +227,10 @@ class FolderSource:
     num_skipped: int = 0,
   ):
     if not paths:
-      raise ValueError('config.data.folder holds no readable images for this process.')
+      raise DatasetMissingError(
+        'config.data.folder holds no readable images for this process: add image files '
+        f'({", ".join(IMAGE_EXTENSIONS)}) or point config.data.folder elsewhere.'
+      )
     self.paths = list(paths)
     self.labels = np.asarray(labels, np.int32)
     self.image_size = image_size
@@ -321,11 +327,23 @@ def _missing_message(name: str, builder, error: BaseException) -> str:
       f'(registration needed) into {manual} and run again; tfds then extracts and prepares '
       f'the data set there once. Set config.data.data_dir to use another root.'
     )
+  reason = _short(error)
   return (
-    f'Data set {name!r} is not prepared in {root} and could not be downloaded ({error}). '
+    f'Data set {name!r} is not prepared in {root} and could not be downloaded ({reason}). '
     f'Copy a prepared copy (the {name}/ folder of a tfds data_dir) into {root}, or set '
     f'config.data.data_dir to the directory that holds it.'
   )
+
+
+def _short(error: BaseException, limit: int = 200) -> str:
+  """The reason of a failed preparation in one short line (network errors nest deeply)."""
+  import requests
+
+  if isinstance(error, requests.exceptions.ConnectionError):
+    url = getattr(error.request, 'url', None) or ''
+    return f'no connection to {urllib.parse.urlparse(url).hostname or "its server"}'
+  text = f'{type(error).__name__}: {str(error).strip()}'.splitlines()[0]
+  return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
 def get_tfds_builder(name: str, data_dir: str | None):
@@ -341,10 +359,32 @@ def get_tfds_builder(name: str, data_dir: str | None):
     ) from None
   if not builder.is_prepared():
     try:
-      builder.download_and_prepare()
+      with _few_download_retries():
+        builder.download_and_prepare()
     except Exception as e:  # noqa: BLE001 - AssertionError (manual dir), network errors, ...
       raise DatasetMissingError(_missing_message(name, builder, e)) from None
   return builder
+
+
+@contextlib.contextmanager
+def _few_download_retries():
+  """Bounds tfds's HTTP retries while preparing, so an offline machine fails in seconds.
+
+  tfds retries each URL 10 times with exponential backoff: offline, CIFAR-10 took 3.5
+  minutes to fail. A probe before the download cannot replace this, because under
+  `tfds.testing.mock_data` the builder is unprepared too but downloads nothing.
+  """
+  from tensorflow_datasets.core.download import downloader
+
+  saved = getattr(downloader, 'MAX_RETRIES', None)
+  if saved is None:  # a tfds without the knob: its own retry policy
+    yield
+    return
+  downloader.MAX_RETRIES = min(saved, _DOWNLOAD_RETRIES)
+  try:
+    yield
+  finally:
+    downloader.MAX_RETRIES = saved
 
 
 def _configure_tf() -> None:

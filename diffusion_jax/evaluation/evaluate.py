@@ -11,8 +11,8 @@ Metrics (config.eval.metrics):
 - 'nll': negative log-likelihood bound in bits/dim on the test split (discrete-time objectives:
   the full-chain L_vlb of DDPM/iDDPM).
 
-Optional config.eval keys (read with defaults): batch_size (default config.sample.batch_size),
-seed (config.seed), inception_batch_size (200), is_splits (10), nll_split ('test'),
+Further config.eval keys (configs/default.py): batch_size (0 = config.sample.batch_size),
+seed (None = config.seed), inception_batch_size (200), is_splits (10), nll_split ('test'),
 nll_num_examples (1000), save_samples (False: when True the evaluated samples are written to
 workdir/eval/samples_NxHxWxC.npz in the ADM suite's format, arr_0 uint8 images, arr_1 labels).
 
@@ -34,13 +34,16 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
 from diffusion_jax.evaluation import frechet, inception, inception_score, precision_recall
 from diffusion_jax.evaluation import reference_stats as reference_lib
+
+if TYPE_CHECKING:
+  from diffusion_jax.config import RunConfig
 
 METRICS = ('digits', 'fid', 'is', 'pr', 'nll')
 SAMPLE_METRICS = ('digits', 'fid', 'is', 'pr')
@@ -54,63 +57,59 @@ NllFn = Callable[[np.ndarray, np.ndarray, jax.Array], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-  """Validated copy of the config keys evaluation reads."""
+  """`config.eval`, typed and validated (the eval section of the run config).
 
-  metrics: tuple[str, ...]
-  num_samples: int
-  batch_size: int
-  seed: int
-  inception_weights: str
-  reference_stats: str
-  inception_batch_size: int
-  is_splits: int
-  nll_split: str
-  nll_num_examples: int
-  save_samples: bool
-  dataset: str
-  image_size: int
-  num_channels: int
-  num_classes: int
-  objective: str
-  sampler: str
-  num_steps: int
-  guidance: float
+  Attributes:
+    metrics: the metrics to compute, each one of METRICS.
+    num_samples: samples drawn for the sample metrics.
+    batch_size: samples per sample_fn call (config.eval.batch_size, 0 = config.sample's).
+    seed: seed of the samples (config.eval.seed, None = config.seed).
+    inception_weights: converted FID Inception weights (.npz), for fid / is / pr.
+    reference_stats: reference (mu, sigma) .npz for fid (with 'arr_0' images for pr).
+    inception_batch_size: images per Inception forward pass.
+    is_splits: splits of the Inception Score.
+    nll_split: the data split of the 'nll' metric.
+    nll_num_examples: examples of that split.
+    save_samples: write the evaluated samples to workdir/eval (the ADM suite's format).
+  """
+
+  metrics: tuple[str, ...] = ('digits',)
+  num_samples: int = 1000
+  batch_size: int = 100
+  seed: int = 0
+  inception_weights: str = ''
+  reference_stats: str = ''
+  inception_batch_size: int = 200
+  is_splits: int = 10
+  nll_split: str = 'test'
+  nll_num_examples: int = 1000
+  save_samples: bool = False
 
   @classmethod
-  def from_config(cls, config: Any) -> EvalSettings:
-    ev = config.eval
-    metrics = ev.metrics
-    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics:
-      raise ValueError(
-        f'config.eval.metrics={metrics!r}: each entry must be one of {METRICS} (at least one).'
-      )
-    settings = cls(
-      metrics=metrics,
-      num_samples=int(ev.num_samples),
-      batch_size=int(ev.get('batch_size', 0) or config.sample.batch_size),
-      seed=int(ev.get('seed', config.seed)),
-      inception_weights=str(ev.get('inception_weights', '') or ''),
-      reference_stats=str(ev.get('reference_stats', '') or ''),
-      inception_batch_size=int(ev.get('inception_batch_size', 200)),
-      is_splits=int(ev.get('is_splits', 10)),
-      nll_split=str(ev.get('nll_split', 'test')),
-      nll_num_examples=int(ev.get('nll_num_examples', 1000)),
-      save_samples=bool(ev.get('save_samples', False)),
-      dataset=str(config.data.name),
-      image_size=int(config.data.image_size),
-      num_channels=int(config.data.num_channels),
-      num_classes=int(config.data.num_classes),
-      objective=str(config.diffusion.objective),
-      sampler=str(config.sample.sampler),
-      num_steps=int(config.sample.num_steps),
-      guidance=float(config.sample.get('guidance', 0.0)),
-    )
+  def config_keys(cls) -> tuple[str, ...]:
+    """The keys `config.eval` accepts."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+  @classmethod
+  def from_config(cls, eval_cfg: Any, *, seed: int, sample_batch_size: int) -> EvalSettings:
+    """Builds from `config.eval` (a dict of its keys) and the run's seed and sample batch."""
+    values = dict(eval_cfg)
+    metrics = values.get('metrics', cls.metrics)
+    values['metrics'] = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    values['batch_size'] = values.get('batch_size') or sample_batch_size
+    values['seed'] = seed if values.get('seed') is None else values['seed']
+    for key in ('inception_weights', 'reference_stats'):
+      values[key] = str(values.get(key) or '')
+    settings = cls(**values)
     settings._validate()
     return settings
 
   def _validate(self):
+    bad = [m for m in self.metrics if m not in METRICS]
+    if bad or not self.metrics:
+      raise ValueError(
+        f'config.eval.metrics={self.metrics!r}: each entry must be one of {METRICS} (at least one).'
+      )
     sample_metrics = [m for m in self.metrics if m in SAMPLE_METRICS]
     if sample_metrics and self.num_samples < 2:
       raise ValueError(
@@ -118,26 +117,32 @@ class EvalSettings:
         f'{sample_metrics} (50000 for paper-comparable FID/IS).'
       )
     if self.batch_size < 1:
-      raise ValueError(f'config.sample.batch_size={self.batch_size} must be >= 1.')
+      raise ValueError(f'config.eval.batch_size={self.batch_size} must be >= 1.')
     if 'is' in self.metrics and not 1 <= self.is_splits <= self.num_samples:
       raise ValueError(
         f'config.eval.is_splits={self.is_splits} must be in [1, '
         f'config.eval.num_samples={self.num_samples}].'
       )
-    if 'digits' in self.metrics and (self.dataset != 'digits' or self.num_channels != 1):
-      raise ValueError(
-        "config.eval.metrics contains 'digits', which scores digit images: it "
-        "needs config.data.name='digits' and num_channels=1 (got "
-        f'{self.dataset!r}, {self.num_channels}). Use fid/is for other data.'
-      )
-    if 'nll' in self.metrics and self.objective not in DISCRETE_OBJECTIVES:
-      raise ValueError(
-        "config.eval.metrics contains 'nll', which needs a discrete-time objective "
-        f'({DISCRETE_OBJECTIVES}: the L_vlb bound in bits/dim); config.diffusion.objective is '
-        f"{self.objective!r}. Remove 'nll' from config.eval.metrics or train a DDPM/iDDPM model."
-      )
     if 'nll' in self.metrics and self.nll_num_examples < 1:
       raise ValueError(f'config.eval.nll_num_examples={self.nll_num_examples} must be >= 1.')
+
+
+def check_run(run: RunConfig) -> None:
+  """The checks of config.eval against the other sections (data set, objective)."""
+  metrics, data = run.eval.metrics, run.data
+  if 'digits' in metrics and (data.name != 'digits' or data.num_channels != 1):
+    raise ValueError(
+      "config.eval.metrics contains 'digits', which scores digit images: it "
+      "needs config.data.name='digits' and num_channels=1 (got "
+      f'{data.name!r}, {data.num_channels}). Use fid/is for other data.'
+    )
+  if 'nll' in metrics and run.diffusion.objective not in DISCRETE_OBJECTIVES:
+    raise ValueError(
+      "config.eval.metrics contains 'nll', which needs a discrete-time objective "
+      f'({DISCRETE_OBJECTIVES}: the L_vlb bound in bits/dim); config.diffusion.objective is '
+      f"{run.diffusion.objective!r}. Remove 'nll' from config.eval.metrics or train a "
+      'DDPM/iDDPM model.'
+    )
 
 
 def class_balanced_labels(start: int, count: int, num_classes: int) -> np.ndarray:
@@ -160,12 +165,12 @@ def _takes_labels(sample_fn: SampleFn) -> bool:
   return bool(params) and params[0] == 'labels'
 
 
-def _as_float_images(images: Any, count: int, settings: EvalSettings) -> np.ndarray:
+def _as_float_images(images: Any, count: int, run: RunConfig) -> np.ndarray:
   images = np.asarray(jax.device_get(images))
   if images.dtype == np.uint8:
     images = images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
   images = np.clip(images.astype(np.float32), -1.0, 1.0)
-  want = (count, settings.image_size, settings.image_size, settings.num_channels)
+  want = (count, run.data.image_size, run.data.image_size, run.data.num_channels)
   if images.shape != want:
     raise ValueError(
       f'sample_fn returned images of shape {images.shape}; expected {want} '
@@ -174,43 +179,26 @@ def _as_float_images(images: Any, count: int, settings: EvalSettings) -> np.ndar
   return images
 
 
-def sample_batches(
-  sample_fn: SampleFn, settings: EvalSettings
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def sample_batches(sample_fn: SampleFn, run: RunConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields (images [b, H, W, C] float in [-1, 1], labels [b]) until num_samples are drawn."""
+  settings = run.eval
   key = jax.random.key(settings.seed)
   takes_labels = _takes_labels(sample_fn)
   for i, start in enumerate(range(0, settings.num_samples, settings.batch_size)):
     n = min(settings.batch_size, settings.num_samples - start)
     rng = jax.random.fold_in(key, i)
     if takes_labels:
-      labels = class_balanced_labels(start, n, settings.num_classes)
+      labels = class_balanced_labels(start, n, run.model.num_classes)
       images = sample_fn(labels, rng)
     else:
       out = sample_fn(n, rng)
       images, labels = out if isinstance(out, tuple) else (out, np.full((n,), -1, np.int32))
-    yield _as_float_images(images, n, settings), np.asarray(labels, np.int32).reshape(-1)
+    yield _as_float_images(images, n, run), np.asarray(labels, np.int32).reshape(-1)
 
 
-def sampler_nfe(config: Any) -> int | None:
-  """Network evaluations per sample of the configured sampler (None when unknown)."""
-  try:
-    from diffusion_jax.objectives import sampling as objective_sampling
-
-    d = config.diffusion
-    return objective_sampling.nfe(
-      config.sample,
-      str(d.objective),
-      int(d.get('num_timesteps', 1000)),
-      int(d.get('num_levels', 1)),
-    )
-  except (ImportError, ValueError, AttributeError, KeyError):
-    return None
-
-
-def protocol(config: Any, settings: EvalSettings) -> dict[str, Any]:
+def protocol(run: RunConfig, nfe: int | None) -> dict[str, Any]:
   """What the numbers depend on: samples, labels, sampler, NFE, reference set, seed."""
-  nfe = sampler_nfe(config)
+  settings, data = run.eval, run.data
   sample_metrics = [m for m in settings.metrics if m in SAMPLE_METRICS]
   ref = []
   if 'digits' in settings.metrics:
@@ -220,14 +208,13 @@ def protocol(config: Any, settings: EvalSettings) -> dict[str, Any]:
   out = {
     'metrics': list(settings.metrics),
     'num_samples': settings.num_samples if sample_metrics else 0,
-    'labels': ('class-balanced' if settings.num_classes > 0 else 'unconditional'),
-    'sampler': settings.sampler,
-    'num_steps': settings.num_steps,
+    'labels': 'class-balanced' if run.conditional else 'unconditional',
+    'sampler': run.sample.sampler,
+    'num_steps': run.sample.num_steps,
     'nfe': nfe,
-    'guidance': settings.guidance,
-    'objective': settings.objective,
-    'dataset': f'{settings.dataset} {settings.image_size}x{settings.image_size}x'
-    f'{settings.num_channels}',
+    'guidance': float(run.sample.guidance),
+    'objective': run.diffusion.objective,
+    'dataset': f'{data.name} {data.image_size}x{data.image_size}x{data.num_channels}',
     'reference': '; '.join(ref) or None,
     'inception_weights': (
       settings.inception_weights if any(m in INCEPTION_METRICS for m in settings.metrics) else None
@@ -236,7 +223,7 @@ def protocol(config: Any, settings: EvalSettings) -> dict[str, Any]:
   }
   if 'nll' in settings.metrics:
     out['nll_data'] = (
-      f'{settings.dataset} {settings.nll_split} split, up to {settings.nll_num_examples} examples'
+      f'{data.name} {settings.nll_split} split, up to {settings.nll_num_examples} examples'
     )
   return out
 
@@ -258,14 +245,15 @@ def _format_protocol(p: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def _nll_batches(config: Any, settings: EvalSettings) -> Iterator[dict[str, np.ndarray]]:
+def _nll_batches(run: RunConfig) -> Iterator[dict[str, np.ndarray]]:
   """Real batches of the NLL split, on the 256-level grid."""
-  if settings.dataset == 'digits':
+  settings, data = run.eval, run.data
+  if data.name == 'digits':
     from diffusion_jax.input_pipeline import load_digits_split
 
-    images, labels = load_digits_split(settings.nll_split, settings.image_size)
+    images, labels = load_digits_split(settings.nll_split, data.image_size)
     images, labels = images[: settings.nll_num_examples], labels[: settings.nll_num_examples]
-    if settings.num_channels == 3:
+    if data.num_channels == 3:
       images = np.repeat(images, 3, axis=-1)
     for start in range(0, images.shape[0], settings.batch_size):
       yield {
@@ -275,10 +263,9 @@ def _nll_batches(config: Any, settings: EvalSettings) -> Iterator[dict[str, np.n
     return
   from diffusion_jax import input_pipeline
 
-  data_cfg = dict(config.data)
-  data_cfg['train_split'] = settings.nll_split
-  data_cfg['random_flip'] = False
-  data_cfg['augment_prob'] = 0.0
+  data_cfg = dataclasses.replace(
+    data, train_split=settings.nll_split, random_flip=False, augment_prob=0.0
+  )
   batch = min(settings.batch_size, settings.nll_num_examples)
   it = input_pipeline.create_input_iter(data_cfg, batch, seed=settings.seed)
   for seen in range(0, settings.nll_num_examples, batch):
@@ -287,40 +274,31 @@ def _nll_batches(config: Any, settings: EvalSettings) -> Iterator[dict[str, np.n
     yield {'image': np.asarray(b['image'])[:n], 'label': np.asarray(b['label'])[:n]}
 
 
-def nll_fn_from_checkpoint(config: Any, workdir: str) -> NllFn:
+def nll_fn_from_checkpoint(components: Any, workdir: str) -> NllFn:
   """(images, labels, rng) -> bits/dim [B] of the run's latest EMA parameters (discrete time)."""
-  from diffusion_jax import checkpointing, config_validation, sampling
-  from diffusion_jax import sharding as sharding_lib
+  from diffusion_jax import sampling
 
-  model, objective = config_validation.build_model_and_objective(config)
-  if not hasattr(objective, 'nll_bits_per_dim'):
+  _check_nll(components)
+  try:
+    params, _ = sampling.restore_ema_params(components, workdir)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{e} (the 'nll' metric evaluates a trained model.)") from None
+  return make_nll_fn(components, params)
+
+
+def _check_nll(components: Any) -> None:
+  if not hasattr(components.objective, 'nll_bits_per_dim'):
     raise ValueError(
       "config.eval.metrics contains 'nll', which needs a discrete-time "
       f'objective {DISCRETE_OBJECTIVES}; config.diffusion.objective is '
-      f'{config.diffusion.objective!r}.'
+      f'{components.run.diffusion.objective!r}.'
     )
-  mesh = sharding_lib.create_mesh(int(config.training.get('mesh_fsdp', 1)))
-  step = checkpointing.latest_step(workdir)
-  if step is None:
-    raise FileNotFoundError(
-      f'No checkpoint in {checkpointing.checkpoint_dir(workdir)}: the '
-      "'nll' metric evaluates a trained model; train first."
-    )
-  params = checkpointing.restore_ema_params(
-    workdir, sampling.abstract_params(model, config, mesh), step
-  )
-  return make_nll_fn(config, model, objective, params)
 
 
-def make_nll_fn(config: Any, model: Any, objective: Any, params: Any) -> NllFn:
-  """(images, labels, rng) -> bits/dim [B] from a model, its objective and parameters."""
-  if not hasattr(objective, 'nll_bits_per_dim'):
-    raise ValueError(
-      "config.eval.metrics contains 'nll', which needs a discrete-time "
-      f'objective {DISCRETE_OBJECTIVES}; config.diffusion.objective is '
-      f'{config.diffusion.objective!r}.'
-    )
-  conditional = int(config.data.num_classes) > 0
+def make_nll_fn(components: Any, params: Any) -> NllFn:
+  """(images, labels, rng) -> bits/dim [B] from a run's components and parameters."""
+  _check_nll(components)
+  model, objective, conditional = components.model, components.objective, components.run.conditional
 
   @jax.jit
   def bpd(params, images, labels, rng):
@@ -388,6 +366,82 @@ def _save_samples_npz(eval_dir: str, saved: list[tuple[np.ndarray, np.ndarray]])
   return path
 
 
+@dataclasses.dataclass
+class _Prerequisites:
+  """What the requested metrics need, loaded before any sampling."""
+
+  extractor: Any = None
+  ref_stats: Any = None
+  real_pr_feats: Any = None
+  digits: Any = None
+
+
+def _prerequisites(run: RunConfig, eval_dir: str) -> _Prerequisites:
+  wanted, settings, out = run.eval.metrics, run.eval, _Prerequisites()
+  if any(m in INCEPTION_METRICS for m in wanted):
+    out.extractor = inception.InceptionFeatureExtractor(
+      inception.load_inception_variables(settings.inception_weights),
+      batch_size=settings.inception_batch_size,
+    )
+  if 'fid' in wanted:
+    out.ref_stats = reference_lib.load_reference_stats(settings.reference_stats)
+  if 'pr' in wanted:
+    out.real_pr_feats = _reference_pr_features(settings.reference_stats, out.extractor)
+  if 'digits' in wanted:
+    from diffusion_jax.evaluation import digits_metric
+
+    out.digits = digits_metric.DigitsMetric(run.data.image_size, cache_dir=eval_dir)
+  return out
+
+
+def _sample_metrics(
+  run: RunConfig, sample_fn: SampleFn, pre: _Prerequisites, eval_dir: str
+) -> dict[str, float]:
+  wanted, results, t0 = run.eval.metrics, {}, time.time()
+  pool_stats = None
+  logits, pr_feats, digit_images, digit_labels, saved = [], [], [], [], []
+  for images, labels in sample_batches(sample_fn, run):
+    if run.eval.save_samples:
+      saved.append((np.round((images + 1.0) * 127.5).astype(np.uint8), labels))
+    if pre.digits is not None:
+      digit_images.append(images)
+      digit_labels.append(labels)
+    if pre.extractor is not None:
+      out = pre.extractor(images)
+      if pool_stats is None:
+        pool_stats = frechet.RunningStatistics(out['pool'].shape[1])
+      pool_stats.update(out['pool'])
+      logits.append(out['logits'])
+      if 'pr' in wanted and sum(len(f) for f in pr_feats) < PR_MAX_SAMPLES:
+        pr_feats.append(out['pool'])
+  results['sampling_and_features_seconds'] = time.time() - t0
+  if saved and jax.process_index() == 0:
+    _save_samples_npz(eval_dir, saved)
+  if pre.digits is not None:
+    results.update(pre.digits.report(np.concatenate(digit_images), np.concatenate(digit_labels)))
+  if 'fid' in wanted:
+    results['fid'] = frechet.frechet_distance(*pool_stats.statistics(), *pre.ref_stats)
+  if 'is' in wanted:
+    mean, std = inception_score.inception_score(np.concatenate(logits), run.eval.is_splits)
+    results['inception_score'], results['inception_score_std'] = mean, std
+  if 'pr' in wanted:
+    fake = np.concatenate(pr_feats)[:PR_MAX_SAMPLES]
+    results.update(precision_recall.precision_recall(pre.real_pr_feats, fake))
+  return results
+
+
+def _write_results(eval_dir: str, proto: dict, results: dict[str, float]) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(eval_dir, exist_ok=True)
+  path = os.path.join(eval_dir, 'metrics.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'protocol': proto, 'metrics': results}, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+  summary = ', '.join(f'{k} {v:.4g}' for k, v in results.items() if not k.endswith('seconds'))
+  print(f'Evaluation results ({path}): {summary}', flush=True)
+
+
 def evaluate(
   config: Any,
   workdir: str,
@@ -395,12 +449,12 @@ def evaluate(
   *,
   nll_fn: NllFn | None = None,
   nll_batches=None,
+  components: Any = None,
 ) -> dict[str, float]:
   """Computes config.eval.metrics, writes workdir/eval/metrics.json, returns the numbers.
 
   Args:
-    config: the run's ConfigDict (reads config.eval, config.sample, config.data,
-      config.diffusion.objective, config.seed).
+    config: the run config (ConfigDict or RunConfig).
     workdir: the run directory; results go to workdir/eval/.
     sample_fn: draws samples, either `sample_fn(num_samples, rng) -> (images [N, H, W, C] in
       [-1, 1], labels [N])` or — when its first parameter is named `labels` (or it has
@@ -411,82 +465,35 @@ def evaluate(
       objective's L_vlb bound with the EMA parameters of the latest checkpoint in workdir.
     nll_batches: for 'nll': iterable of {'image', 'label'} real batches; default: the
       config.eval.nll_split split ('test') of config.data.
+    components: the run's build.Components, shared with the sampler (default: built here).
 
   Returns:
     {metric name: float}, e.g. {'fid': ..., 'inception_score': ..., 'digits_accuracy': ...}.
   """
-  settings = EvalSettings.from_config(config)
+  from diffusion_jax import build as build_lib
+  from diffusion_jax import config as config_lib
+
+  run = components.run if components is not None else config_lib.build_run_config(config)
+  check_run(run)
   eval_dir = os.path.join(workdir, 'eval')
-  wanted = settings.metrics
-  # Check every prerequisite before sampling.
-  extractor = ref_stats = digits = real_pr_feats = None
-  if any(m in INCEPTION_METRICS for m in wanted):
-    extractor = inception.InceptionFeatureExtractor(
-      inception.load_inception_variables(settings.inception_weights),
-      batch_size=settings.inception_batch_size,
-    )
-  if 'fid' in wanted:
-    ref_stats = reference_lib.load_reference_stats(settings.reference_stats)
-  if 'pr' in wanted:
-    real_pr_feats = _reference_pr_features(settings.reference_stats, extractor)
+  wanted = run.eval.metrics
+  pre = _prerequisites(run, eval_dir)  # every prerequisite before sampling
   if any(m in SAMPLE_METRICS for m in wanted) and sample_fn is None:
     raise ValueError(f'sample_fn is None but config.eval.metrics={wanted} needs samples.')
+  if components is None:
+    components = build_lib.build(run)
   if 'nll' in wanted and nll_fn is None:
-    nll_fn = nll_fn_from_checkpoint(config, workdir)
-  if 'digits' in wanted:
-    from diffusion_jax.evaluation import digits_metric
-
-    digits = digits_metric.DigitsMetric(settings.image_size, cache_dir=eval_dir)
-
-  proto = protocol(config, settings)
+    nll_fn = nll_fn_from_checkpoint(components, workdir)
+  proto = protocol(run, build_lib.sampler_nfe(components))
   print(_format_protocol(proto), flush=True)
   logging.info('%s', _format_protocol(proto))
   results: dict[str, float] = {}
-  t0 = time.time()
-
   if any(m in SAMPLE_METRICS for m in wanted):
-    pool_stats = None
-    logits, pr_feats, digit_images, digit_labels, saved = [], [], [], [], []
-    for images, labels in sample_batches(sample_fn, settings):
-      if settings.save_samples:
-        saved.append((np.round((images + 1.0) * 127.5).astype(np.uint8), labels))
-      if digits is not None:
-        digit_images.append(images)
-        digit_labels.append(labels)
-      if extractor is not None:
-        out = extractor(images)
-        if pool_stats is None:
-          pool_stats = frechet.RunningStatistics(out['pool'].shape[1])
-        pool_stats.update(out['pool'])
-        logits.append(out['logits'])
-        if 'pr' in wanted and sum(len(f) for f in pr_feats) < PR_MAX_SAMPLES:
-          pr_feats.append(out['pool'])
-    results['sampling_and_features_seconds'] = time.time() - t0
-    if saved and jax.process_index() == 0:
-      _save_samples_npz(eval_dir, saved)
-    if digits is not None:
-      results.update(digits.report(np.concatenate(digit_images), np.concatenate(digit_labels)))
-    if 'fid' in wanted:
-      results['fid'] = frechet.frechet_distance(*pool_stats.statistics(), *ref_stats)
-    if 'is' in wanted:
-      mean, std = inception_score.inception_score(np.concatenate(logits), settings.is_splits)
-      results['inception_score'], results['inception_score_std'] = mean, std
-    if 'pr' in wanted:
-      fake = np.concatenate(pr_feats)[:PR_MAX_SAMPLES]
-      results.update(precision_recall.precision_recall(real_pr_feats, fake))
-
+    results.update(_sample_metrics(run, sample_fn, pre, eval_dir))
   if 'nll' in wanted:
     t1 = time.time()
-    batches = nll_batches if nll_batches is not None else _nll_batches(config, settings)
-    results.update(compute_nll(nll_fn, batches, settings.seed))
+    batches = nll_batches if nll_batches is not None else _nll_batches(run)
+    results.update(compute_nll(nll_fn, batches, run.eval.seed))
     results['nll_seconds'] = time.time() - t1
-
-  if jax.process_index() == 0:
-    os.makedirs(eval_dir, exist_ok=True)
-    path = os.path.join(eval_dir, 'metrics.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump({'protocol': proto, 'metrics': results}, f, indent=2, sort_keys=True)
-    os.replace(path + '.tmp', path)
-    summary = ', '.join(f'{k} {v:.4g}' for k, v in results.items() if not k.endswith('seconds'))
-    print(f'Evaluation results ({path}): {summary}', flush=True)
+  _write_results(eval_dir, proto, results)
   return results

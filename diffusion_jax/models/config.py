@@ -1,8 +1,8 @@
-"""Typed, validated network settings: the one place `config.model` is read.
+"""Typed, validated network settings: the model section of the run config.
 
-`ModelConfig.from_config(config.model, config.data)` turns the ConfigDict into a frozen
-dataclass and checks every value once, so the networks never see a ConfigDict and bad
-settings fail with a message naming the config key.
+`diffusion_jax.config.build_run_config` turns `config.model` (plus the image shape and
+classes of `config.data`) into this frozen dataclass and checks every value once, so the
+networks never see a ConfigDict and bad settings fail with a message naming the config key.
 """
 
 import dataclasses
@@ -91,27 +91,24 @@ class ModelConfig:
   def from_config(cls, model_cfg: Any, data_cfg: Any) -> 'ModelConfig':
     """Builds and validates from `config.model` and `config.data` (ConfigDicts or dicts).
 
-    Keys absent from `model_cfg` keep the dataclass defaults. `model.class_conditional`
-    (default True) set to False gives an unconditional network (num_classes = 0).
+    The run config's model-section builder (`diffusion_jax.config.build_model_config`):
+    unknown keys are rejected, `model.class_conditional=False` gives num_classes = 0.
 
     Raises:
       ValueError: naming the offending config key, its valid range and the fix.
     """
-    get = lambda cfg, key, default=None: cfg.get(key, default) if hasattr(cfg, 'get') else default
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key in fields:
-      value = get(model_cfg, key, None)
-      if value is not None:
-        kwargs[key] = value
+    from diffusion_jax import config as config_lib  # the boundary owns the key checks
+
+    return config_lib.build_model_config(model_cfg, data_cfg)
+
+  @classmethod
+  def from_values(cls, values: dict[str, Any]) -> 'ModelConfig':
+    """Builds and validates from field values (sequences become tuples)."""
+    values = dict(values)
     for key in ('channel_mults', 'attention_resolutions'):
-      if key in kwargs:
-        kwargs[key] = tuple(int(v) for v in kwargs[key])
-    conditional = bool(get(model_cfg, 'class_conditional', True))
-    kwargs['image_size'] = int(get(data_cfg, 'image_size', cls.image_size))
-    kwargs['num_channels'] = int(get(data_cfg, 'num_channels', cls.num_channels))
-    kwargs['num_classes'] = int(get(data_cfg, 'num_classes', cls.num_classes)) if conditional else 0
-    config = cls(**kwargs)
+      if key in values:
+        values[key] = tuple(int(v) for v in values[key])
+    config = cls(**values)
     config.validate()
     return config
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax import schedules
 from diffusion_jax.objectives import self_conditioning
 from diffusion_jax.objectives.config import DiffusionConfig
 from diffusion_jax.samplers.guidance import classifier_free_guidance
@@ -37,6 +38,15 @@ def per_example(level: jax.Array, x: jax.Array) -> jax.Array:
   return level.reshape(level.shape + (1,) * (x.ndim - level.ndim))
 
 
+class LangevinStart(NamedTuple):
+  """Where annealed Langevin dynamics starts and what it walks, in pipeline units."""
+
+  x: jax.Array  # [B, H, W, C] the chain's start.
+  sigmas: jax.Array  # [L] the levels, largest first.
+  step_lr: float  # eps of alpha_i = eps sigma_i^2 / sigma_L^2.
+  clip_denoiser: bool  # whether the scores see a clipped x0 when clip_x0 is set.
+
+
 def _clip_out(out: Any) -> Any:
   """Clips the x0 estimate of a denoiser output (`x0` or `(x0, v)`) to [-1, 1]."""
   if isinstance(out, tuple):
@@ -53,10 +63,40 @@ def _clip_first(out_state: tuple[Any, Any]) -> tuple[Any, Any]:
 class Objective(abc.ABC):
   """Base class: label dropout, self-conditioning and the guided, stateful denoiser.
 
-  Subclasses implement `loss`, `_denoise` and `sample`.
+  Subclasses implement `loss` and `_denoise` and name their paper's sampler as
+  `default_sampler`, the registered name `config.sample.sampler = 'default'` selects.
   """
 
   config: DiffusionConfig
+  default_sampler: ClassVar[str]
+
+  @property
+  def input_scale(self) -> float:
+    """b of model space X = b x0, which the Chen samplers walk; 1 but for Chen 2023."""
+    return 1.0
+
+  def langevin_step_lr(self, settings: Any) -> float:
+    """Langevin's eps in the network's units: `settings.step_lr`, or Technique 4's when 0.
+
+    Source: Song & Ermon 2020 (NCSNv2), Technique 4.
+    """
+    if settings.step_lr > 0:
+      return settings.step_lr
+    cfg = self.config
+    ratio = (cfg.sigma_max / cfg.sigma_min) ** (1.0 / max(cfg.num_levels - 1, 1))
+    return schedules.ncsn_solve_step_size(ratio, cfg.sigma_min, settings.n_steps_each)
+
+  def langevin_start(self, noise: jax.Array, settings: Any) -> LangevinStart:
+    """The 'langevin' sampler's start: sigma_1 noise over config.diffusion's ladder.
+
+    Args:
+      noise: N(0, I) [B, H, W, C].
+      settings: the SampleSettings (step_lr, n_steps_each).
+    """
+    cfg = self.config
+    sigmas = schedules.geometric_sigmas(cfg.sigma_max, cfg.sigma_min, cfg.num_levels)
+    x = jnp.asarray(noise) * sigmas[0]
+    return LangevinStart(x, sigmas, self.langevin_step_lr(settings), clip_denoiser=True)
 
   def init_state(self) -> dict:
     """The objective's training state (iDDPM's loss history); `{}` when stateless."""
@@ -174,53 +214,50 @@ class Objective(abc.ABC):
       raise ValueError(
         f'guidance={guidance!r} needs labels: pass label (int32 [B], -1 = null) or guidance=0.'
       )
-    stateful = self.config.self_cond_rate > 0
 
     def call(x, sigma, lab, state):
       sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])  # [B]
       return self._denoise(apply_fn, params, x, sigma, lab, state, return_variance)
 
     init_state = None
-    if stateful:
-      if x_shape is None:
-        raise ValueError(
-          'x_shape is required when the model is self-conditioned '
-          '(config.diffusion.self_cond_rate > 0): pass the image batch shape [B, H, W, C].'
-        )
-      carry_shape = jax.eval_shape(
-        lambda x: call(x, jnp.ones(()), label, None)[1], jax.ShapeDtypeStruct(x_shape, jnp.float32)
-      )
-      init_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
-      if not jax.tree.leaves(init_state):  # the model carries nothing: stateless after all
-        stateful, init_state = False, None
-
-    if label is None:
-      if stateful:
-        fn, init_state = (lambda x, sigma, state: call(x, sigma, None, state)), init_state
-      else:
-        fn = lambda x, sigma: call(x, sigma, None, None)[0]
-    else:
-      if stateful:
-        base = lambda x, sigma, lab, state: call(x, sigma, lab, state)
-      else:
-        base = lambda x, sigma, lab: call(x, sigma, lab, None)[0]
-      fn, init_state = classifier_free_guidance(
-        base, label, guidance, init_state=init_state, carry=guidance_carry
-      )
+    if self.config.self_cond_rate > 0:
+      init_state = _zero_carry(call, label, x_shape)
+    fn, init_state = _guided(call, label, guidance, init_state, guidance_carry)
     if not clip_x0:
       return fn, init_state
-    if stateful:
+    if init_state is not None:
       return (lambda x, sigma, state: _clip_first(fn(x, sigma, state))), init_state
     return (lambda x, sigma: _clip_out(fn(x, sigma))), None
 
-  @abc.abstractmethod
-  def sample(
-    self,
-    apply_fn: Callable,
-    params: Any,
-    noise: jax.Array,
-    label: jax.Array | None,
-    rng: jax.Array,
-    sample_cfg: Any,
-  ) -> jax.Array:
-    """Images [B, H, W, C] in [-1, 1] from unit Gaussian noise with the family's sampler."""
+
+def _zero_carry(call: Callable, label: Any, x_shape: tuple[int, ...] | None) -> Any:
+  """The self-conditioned model's carry at the first step: zeros, or None if it has none."""
+  if x_shape is None:
+    raise ValueError(
+      'x_shape is required when the model is self-conditioned '
+      '(config.diffusion.self_cond_rate > 0): pass the image batch shape [B, H, W, C].'
+    )
+  carry_shape = jax.eval_shape(
+    lambda x: call(x, jnp.ones(()), label, None)[1], jax.ShapeDtypeStruct(x_shape, jnp.float32)
+  )
+  init_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
+  # A model that carries nothing is stateless after all.
+  return init_state if jax.tree.leaves(init_state) else None
+
+
+def _guided(
+  call: Callable, label: Any, guidance: float, init_state: Any, guidance_carry: str
+) -> tuple[Callable, Any]:
+  """`call` as a (stateful when init_state is set) denoiser, guided when labelled."""
+  stateful = init_state is not None
+  if label is None:
+    if stateful:
+      return (lambda x, sigma, state: call(x, sigma, None, state)), init_state
+    return (lambda x, sigma: call(x, sigma, None, None)[0]), None
+  if stateful:
+    base = lambda x, sigma, lab, state: call(x, sigma, lab, state)
+  else:
+    base = lambda x, sigma, lab: call(x, sigma, lab, None)[0]
+  return classifier_free_guidance(
+    base, label, guidance, init_state=init_state, carry=guidance_carry
+  )

@@ -10,17 +10,12 @@ Algorithms 1-3.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from diffusion_jax import parameterization
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims, per_example
-from diffusion_jax.objectives.sampling import run_sampler
-
-NOISE_LEVEL_SCALE = 1000.0  # the model is conditioned on 1000 gamma.
 
 
 def noise_input(
@@ -39,35 +34,18 @@ def noise_input(
   return x_t, parameterization.normalize_input(x_t, gamma, scale, normalize)
 
 
-def prediction_target(
-  kind: str, x0_model: jax.Array, eps: jax.Array, gamma: jax.Array
-) -> jax.Array:
-  """The regression target of a prediction kind, in model space: eps, b x0, or v.
-
-  Source: Ho 2020 (eps); Salimans & Ho 2022 (v = alpha eps - sigma x0).
-  """
-  if kind == 'eps':
-    return eps
-  if kind == 'x0':
-    return x0_model
-  if kind == 'v':
-    return parameterization.v_from_eps_x0(eps, x0_model, gamma)
-  raise ValueError(f'prediction must be one of {parameterization.PREDICTION_KINDS}, got {kind!r}.')
-
-
 @dataclasses.dataclass(frozen=True)
 class ChenObjective(Objective):
   """Chen 2023: mean squared error on eps / x0 / v at t ~ U(0, 1)."""
 
-  def loss(
-    self,
-    apply_fn: Callable,
-    params: Any,
-    batch: Batch,
-    rng: jax.Array,
-    state: Any,
-    train: bool = True,
-  ) -> LossOutput:
+  default_sampler = 'chen_ddpm'  # Algorithm 3.
+
+  @property
+  def input_scale(self) -> float:
+    """b of model space X = b x0 (`config.diffusion.scale`)."""
+    return self.config.scale
+
+  def loss(self, apply_fn, params, batch: Batch, rng, state, train=True) -> LossOutput:
     """Algorithm 2: t ~ U(0, 1), noise, normalize, predict, mean squared error.
 
     Source: Chen 2023, Algorithm 2.
@@ -80,9 +58,9 @@ class ChenObjective(Objective):
     eps = jax.random.normal(rng_eps, x0.shape, x0.dtype)
     _, x_in = noise_input(x0, eps, gamma, cfg.scale, cfg.normalize)
     pred = self.call_model(
-      apply_fn, params, x_in, NOISE_LEVEL_SCALE * gamma, batch, rng_model, train
+      apply_fn, params, x_in, parameterization.NOISE_LEVEL_SCALE * gamma, batch, rng_model, train
     )
-    target = prediction_target(cfg.prediction, cfg.scale * x0, eps, gamma)
+    target = parameterization.prediction_target(cfg.prediction, cfg.scale * x0, eps, gamma)
     loss_per_example = mean_over_dims(jnp.square(pred - target))  # [B]
     metrics = {'loss_per_example': loss_per_example, 'noise_t': t}
     return jnp.mean(loss_per_example), metrics, state
@@ -93,11 +71,12 @@ class ChenObjective(Objective):
     x_t, gamma = parameterization.edm_to_model(x, sigma, cfg.scale)
     x_in = parameterization.normalize_input(x_t, gamma, cfg.scale, cfg.normalize)
     pred, carry = apply_fn(
-      params, x_in, NOISE_LEVEL_SCALE * gamma, label=label, self_cond=self_cond, train=False
+      params,
+      x_in,
+      parameterization.NOISE_LEVEL_SCALE * gamma,
+      label=label,
+      self_cond=self_cond,
+      train=False,
     )
     x0_model, _ = parameterization.predict_x0_eps(pred, x_t, gamma, cfg.prediction)
     return x0_model / cfg.scale, carry
-
-  def sample(self, apply_fn, params, noise, label, rng, sample_cfg):
-    """Chen 2023 Algorithm 3 (or any registered sampler named by `sample_cfg.sampler`)."""
-    return run_sampler(self, apply_fn, params, noise, label, rng, sample_cfg, default='chen_ddpm')

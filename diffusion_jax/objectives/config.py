@@ -17,26 +17,6 @@ DATA_RANGES = ('unit', 'symmetric')
 REDUCTIONS = ('sum', 'mean')
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-  if cfg is None:
-    return default
-  if isinstance(cfg, dict):
-    return cfg.get(key, default)
-  if hasattr(cfg, 'get') and not dataclasses.is_dataclass(cfg):
-    return cfg.get(key, default)
-  return getattr(cfg, key, default)
-
-
-def _keys(cfg: Any) -> list[str]:
-  if isinstance(cfg, dict):
-    return list(cfg)
-  if dataclasses.is_dataclass(cfg):
-    return [f.name for f in dataclasses.fields(cfg)]
-  if hasattr(cfg, 'keys'):
-    return list(cfg.keys())
-  return []
-
-
 def _one_of(name: str, value: Any, valid: tuple[str, ...]) -> None:
   if value not in valid:
     raise ValueError(f'config.diffusion.{name}={value!r} is not one of {", ".join(valid)}.')
@@ -95,13 +75,12 @@ class DiffusionConfig:
     self.validate()
 
   @classmethod
-  def from_config(cls, diffusion_cfg: Any, model_cfg: Any = None, data_cfg: Any = None):
-    """Converts `config.diffusion` (plus model/data facts) into a validated DiffusionConfig.
+  def from_config(cls, diffusion_cfg: Any, model_cfg: Any = None) -> DiffusionConfig:
+    """Converts `config.diffusion` (plus the model's `learn_variance`) into a DiffusionConfig.
 
     Args:
       diffusion_cfg: `config.diffusion` (a ConfigDict, dict or DiffusionConfig).
-      model_cfg: `config.model` or a ModelConfig (reads `learn_variance`), optional.
-      data_cfg: `config.data`, accepted for a uniform call signature (unused).
+      model_cfg: a ModelConfig or `config.model` (reads `learn_variance`), optional.
 
     Raises:
       ValueError: an unknown key or an invalid value, naming the config key.
@@ -109,15 +88,15 @@ class DiffusionConfig:
     if isinstance(diffusion_cfg, cls):
       values = dataclasses.asdict(diffusion_cfg)
     else:
+      values = dict(diffusion_cfg.items())
       names = {f.name for f in dataclasses.fields(cls)} - {'learn_variance'}
-      unknown = sorted(set(_keys(diffusion_cfg)) - names)
+      unknown = sorted(set(values) - names)
       if unknown:
-        raise ValueError(
-          f'config.diffusion has unknown keys {unknown}; valid keys are {sorted(names)}.'
-        )
-      values = {k: _get(diffusion_cfg, k) for k in _keys(diffusion_cfg)}
+        from diffusion_jax import config as config_lib  # one wording for unknown keys
+
+        config_lib.check_keys('diffusion', unknown, names)
     if model_cfg is not None:
-      values['learn_variance'] = bool(_get(model_cfg, 'learn_variance', False))
+      values['learn_variance'] = bool(getattr(model_cfg, 'learn_variance', False))
     return cls(**values)
 
   @property

@@ -28,13 +28,13 @@ import jax.numpy as jnp
 from diffusion_jax import parameterization, schedules
 from diffusion_jax.objectives import importance, vlb
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims
-from diffusion_jax.objectives.chen import prediction_target
-from diffusion_jax.objectives.sampling import run_sampler
 
 
 @dataclasses.dataclass(frozen=True)
 class DiscreteObjective(Objective):
   """DDPM (`objective='ddpm'`) and Improved DDPM (`objective='iddpm'`)."""
+
+  default_sampler = 'ddpm'  # ancestral sampling over a respaced chain.
 
   @property
   def schedule(self):
@@ -52,15 +52,7 @@ class DiscreteObjective(Objective):
       return importance.init_history(self.config.num_timesteps)
     return {}
 
-  def loss(
-    self,
-    apply_fn: Callable,
-    params: Any,
-    batch: Batch,
-    rng: jax.Array,
-    state: Any,
-    train: bool = True,
-  ) -> LossOutput:
+  def loss(self, apply_fn, params, batch: Batch, rng, state, train=True) -> LossOutput:
     """One Monte Carlo term of the configured loss per example.
 
     Source: Ho 2020, Algorithm 1 (L_simple); Nichol & Dhariwal 2021, Eq. 16 (L_hybrid)
@@ -83,7 +75,7 @@ class DiscreteObjective(Objective):
     output = self.call_model(apply_fn, params, x_t, noise_level, batch, rng_model, train)
     pred, v = vlb.split_output(output, cfg.learn_variance)
     abar = vlb.Tables.gather(tables.abar, index, x0.ndim)
-    target = prediction_target(cfg.prediction, x0, eps, abar)
+    target = parameterization.prediction_target(cfg.prediction, x0, eps, abar)
     mse = mean_over_dims(jnp.square(pred - target))  # [B]
     metrics = {'mse': mse}
     if cfg.loss == 'simple':
@@ -154,7 +146,3 @@ class DiscreteObjective(Objective):
       self_cond=cfg.self_cond_rate > 0,
       return_terms=return_terms,
     )
-
-  def sample(self, apply_fn, params, noise, label, rng, sample_cfg):
-    """DDPM ancestral sampling over a respaced chain (or a sampler named in `sample_cfg`)."""
-    return run_sampler(self, apply_fn, params, noise, label, rng, sample_cfg, default='ddpm')

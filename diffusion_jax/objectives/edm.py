@@ -11,17 +11,12 @@ Source: Karras et al. 2022 (EDM), Section 5 and Table 1.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from diffusion_jax import parameterization
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims, per_example
-from diffusion_jax.objectives.sampling import run_sampler
-
-NOISE_LEVEL_SCALE = 1000.0  # the model is conditioned on 1000 c_noise = 250 ln sigma.
 
 
 def effective_target(y: jax.Array, n: jax.Array, sigma: jax.Array, sigma_data: float) -> jax.Array:
@@ -39,20 +34,14 @@ def effective_target(y: jax.Array, n: jax.Array, sigma: jax.Array, sigma_data: f
 class EDMObjective(Objective):
   """EDM (Karras 2022) with its preconditioning, noise distribution and weighting."""
 
+  default_sampler = 'edm_heun'  # Algorithm 1 on the rho = 7 grid.
+
   def sample_sigma(self, rng: jax.Array, batch_size: int) -> jax.Array:
     """ln sigma ~ N(P_mean, P_std^2): [B]."""
     cfg = self.config
     return jnp.exp(cfg.p_mean + cfg.p_std * jax.random.normal(rng, (batch_size,)))
 
-  def loss(
-    self,
-    apply_fn: Callable,
-    params: Any,
-    batch: Batch,
-    rng: jax.Array,
-    state: Any,
-    train: bool = True,
-  ) -> LossOutput:
+  def loss(self, apply_fn, params, batch: Batch, rng, state, train=True) -> LossOutput:
     """lambda(sigma) ||D(y + n; sigma) - y||^2, averaged over dimensions.
 
     Source: Karras et al. 2022 (EDM), Eq. 2 and Table 1 ("ours").
@@ -67,7 +56,7 @@ class EDMObjective(Objective):
       apply_fn,
       params,
       per_example(c_in, y) * x,
-      NOISE_LEVEL_SCALE * c_noise,
+      parameterization.NOISE_LEVEL_SCALE * c_noise,
       batch,
       rng_model,
       train,
@@ -88,13 +77,9 @@ class EDMObjective(Objective):
     f, carry = apply_fn(
       params,
       per_example(c_in, x) * x,
-      NOISE_LEVEL_SCALE * c_noise,
+      parameterization.NOISE_LEVEL_SCALE * c_noise,
       label=label,
       self_cond=self_cond,
       train=False,
     )
     return per_example(c_skip, x) * x + per_example(c_out, x) * f, carry
-
-  def sample(self, apply_fn, params, noise, label, rng, sample_cfg):
-    """EDM Heun sampling on the rho = 7 grid (or a sampler named in `sample_cfg`)."""
-    return run_sampler(self, apply_fn, params, noise, label, rng, sample_cfg, default='edm_heun')

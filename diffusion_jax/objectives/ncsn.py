@@ -23,15 +23,20 @@ ermongroup/ncsnv2 `losses/dsm.py` (anneal_dsm_score_estimation), `datasets/__ini
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import samplers, schedules
-from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims, per_example
-from diffusion_jax.objectives.sampling import SampleSettings, run_sampler
+from diffusion_jax import schedules
+from diffusion_jax.objectives.base import (
+  Batch,
+  LangevinStart,
+  LossOutput,
+  Objective,
+  mean_over_dims,
+  per_example,
+)
 
 # x_net = a x + c for pipeline data x in [-1, 1].
 _AFFINE = {'unit': (0.5, 0.5), 'symmetric': (1.0, 0.0)}
@@ -45,6 +50,8 @@ def sum_over_dims(x: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class NCSNObjective(Objective):
   """NCSNv2: sigma^2-weighted denoising score matching over geometric levels."""
+
+  default_sampler = 'langevin'  # annealed Langevin dynamics with the final denoising.
 
   @property
   def sigmas(self) -> jax.Array:
@@ -67,15 +74,7 @@ class NCSNObjective(Objective):
     a, c = _AFFINE[self.config.data_range]
     return (x - c) / a
 
-  def loss(
-    self,
-    apply_fn: Callable,
-    params: Any,
-    batch: Batch,
-    rng: jax.Array,
-    state: Any,
-    train: bool = True,
-  ) -> LossOutput:
+  def loss(self, apply_fn, params, batch: Batch, rng, state, train=True) -> LossOutput:
     """A uniform level per example, then the sigma^2-weighted score matching loss.
 
     Source: Song & Ermon 2020 (NCSNv2), Eq. 2 with lambda(sigma) = sigma^2 (the
@@ -111,44 +110,28 @@ class NCSNObjective(Objective):
     )
     return self.from_network(x_net + per_example(a * sigma, x) * f), carry
 
-  def sample(self, apply_fn, params, noise, label, rng, sample_cfg):
-    """Annealed Langevin dynamics with the final denoising step (or `sample_cfg.sampler`).
+  def langevin_start(self, noise: jax.Array, settings: Any) -> LangevinStart:
+    """The reference sampler's start: uniform noise over the data range, raw scores.
 
-    The reference's sampler: start from uniform noise over the data range
-    (`torch.rand` through `data_transform`, `data_init: false`), here Phi(noise) so
-    the start is a function of the given N(0, I) `noise`; T = `n_steps_each` steps
-    per level of size alpha_i = eps sigma_i^2 / sigma_L^2 (eps = `step_lr` in the
-    network's units, or Technique 4's when 0); then x <- x + sigma_L^2 s(x, sigma_L).
+    The reference starts from uniform noise over the data range (`torch.rand` through
+    `data_transform`, `data_init: false`), here Phi(noise) so the start is a function
+    of the given N(0, I) `noise`; the 'langevin' entry then runs T = `n_steps_each`
+    steps per level of size alpha_i = eps sigma_i^2 / sigma_L^2 (eps = `step_lr` in
+    the network's units, or Technique 4's when 0) and x <- x + sigma_L^2 s(x, sigma_L).
     Scores are never clipped; `clip_x0` clamps the final sample to the data range, as
-    the reference's `inverse_data_transform` does. It runs in pipeline space with
-    sigma / a and eps / a^2, which is the network-space chain mapped by x = (x_net - c) / a.
+    the reference's `inverse_data_transform` does. The chain runs in pipeline space
+    with sigma / a and eps / a^2, the network-space chain mapped by x = (x_net - c) / a.
 
     Source: Song & Ermon 2020 (NCSNv2), Algorithm 1 and Appendix C.2 (denoising);
     ermongroup/ncsnv2 `models/__init__.py` (anneal_Langevin_dynamics),
     `runners/ncsn_runner.py` (sample).
+
+    Args:
+      noise: N(0, I) [B, H, W, C].
+      settings: the SampleSettings (step_lr, n_steps_each).
     """
-    s = SampleSettings.from_config(sample_cfg)
-    if s.sampler not in ('default', 'langevin'):
-      return run_sampler(self, apply_fn, params, noise, label, rng, sample_cfg, default='langevin')
-    cfg = self.config
-    denoise_fn, init_state = self.denoiser(
-      apply_fn, params, label, s.guidance, x_shape=noise.shape, clip_x0=False
-    )
-    step_lr = s.step_lr
-    if step_lr <= 0:
-      ratio = (cfg.sigma_max / cfg.sigma_min) ** (1.0 / max(cfg.num_levels - 1, 1))
-      step_lr = schedules.ncsn_solve_step_size(ratio, cfg.sigma_min, s.n_steps_each)
     a = self.data_scale
-    noise = jnp.asarray(noise)
     # Uniform over the pipeline's [-1, 1]: U[0, 1] in the network's range for 'unit'.
-    x = 2.0 * jax.scipy.special.ndtr(noise) - 1.0
-    out = samplers.langevin_sample(
-      denoise_fn,
-      x,
-      self.sigmas / a,
-      n_steps_each=s.n_steps_each,
-      step_lr=step_lr / a**2,
-      rng=rng,
-      init_state=init_state,
-    )
-    return jnp.clip(out, -1.0, 1.0) if s.clip_x0 else out
+    x = 2.0 * jax.scipy.special.ndtr(jnp.asarray(noise)) - 1.0
+    step_lr = self.langevin_step_lr(settings) / a**2
+    return LangevinStart(x, self.sigmas / a, step_lr, clip_denoiser=False)

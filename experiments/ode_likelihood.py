@@ -13,6 +13,10 @@ The integral is a fixed-step RK4 in u inside one lax.scan.
 Bits/dim for 8-bit data in [-1, 1]: dequantize uniformly inside the bin of width 2/256, then
 bpd = -log p / (D ln 2) + 7 (log2 of 128 bins per unit length).
 
+Any objective's `denoiser` gives `denoise_fn`. `--mode=eval` reports the variational bound
+(`nll`), not this estimate, so the module lives with the experiments; `tests/test_experiments.py`
+checks it against closed-form Gaussian densities.
+
 Source: Song et al. 2021, "Score-Based Generative Modeling through SDEs", Section 4.3 and
 Appendix D.2 (probability-flow likelihood, Hutchinson estimator); Karras et al. 2022 (EDM),
 Eq. 1 and Table 1 (sigma(t) = t); Grathwohl et al. 2019 (FFJORD, Hutchinson trace).
