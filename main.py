@@ -146,7 +146,7 @@ def main(argv):
     sys.exit(f'error: unexpected arguments {argv[1:]}; flags take the form --name=value.')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from diffusion_jax.config import ConfigError
-  from diffusion_jax.train import NonFiniteLossError
+  from diffusion_jax.training import NonFiniteLossError
 
   try:
     _run()
@@ -171,7 +171,7 @@ def _run():
   if multihost:
     jax.distributed.initialize()
 
-  from diffusion_jax import build, config, sampling, train
+  from diffusion_jax import build, config, generation, training
 
   # The one conversion of the ConfigDict: everything below reads the typed RunConfig.
   run = config.build_run_config(FLAGS.config)
@@ -186,16 +186,16 @@ def _run():
     workdir,
   )
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(run, workdir)
+    training.train_and_evaluate(run, workdir)
     return
   components = build.build(run)
   if FLAGS.mode == 'sample':
-    png, npz = sampling.sample_and_save(components, workdir)
+    png, npz = generation.sample_and_save(components, workdir)
     logging.info('Samples: %s, %s', png, npz)
   else:
     from diffusion_jax import evaluation
 
-    sample_fn, _ = sampling.load_sampler(components, workdir)
+    sample_fn, _ = generation.load_sampler(components, workdir)
     evaluation.evaluate(run, workdir, sample_fn, components=components)
 
 

@@ -23,8 +23,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.report import write_section
-from diffusion_jax import input_pipeline
-from diffusion_jax.data import sources
+from diffusion_jax.data import input_pipeline, sources
 
 JPEG_SIZE = (500, 375)  # (width, height): a typical ImageNet photo.
 NUM_CLASSES = 4
@@ -96,13 +95,13 @@ def train_rate(config_module: str, batch: int, steps: int):
   """(parameters, seconds per step, images/s) of the config's train step on this machine."""
   import importlib
 
-  from diffusion_jax import sharding as sharding_lib
-  from diffusion_jax import train
+  from diffusion_jax import training
+  from diffusion_jax.training import sharding as sharding_lib
 
   config = importlib.import_module(config_module).get_config()
   config.training.batch_size = batch
   mesh = sharding_lib.create_mesh(1)
-  setup = train.create_train_setup(config, mesh)  # validates the config first
+  setup = training.create_train_setup(config, mesh)  # validates the config first
   state = setup.init_state(jax.random.PRNGKey(0))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   size, channels = config.data.image_size, config.data.num_channels

@@ -31,9 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import models as models_benchmark  # noqa: E402
 from benchmarks import report  # noqa: E402
 from configs import digits  # noqa: E402
-from diffusion_jax import optim, train  # noqa: E402
-from diffusion_jax import sharding as sharding_lib  # noqa: E402
-from diffusion_jax.state import TrainState  # noqa: E402
+from diffusion_jax import training  # noqa: E402
+from diffusion_jax.training import optim  # noqa: E402
+from diffusion_jax.training import sharding as sharding_lib  # noqa: E402
+from diffusion_jax.training.state import TrainState  # noqa: E402
 
 
 def _times(fn, *args, reps: int) -> np.ndarray:
@@ -115,10 +116,10 @@ def step_flops(config, mesh, batch) -> tuple[float, float]:
   same arithmetic and is counted in full. Compiled on abstract inputs only.
   """
   unrolled = with_layout(config, False)
-  setup = train.create_train_setup(unrolled, mesh)
-  full = _flops(setup.train_step, train.abstract_state(setup), _abstract(batch))
+  setup = training.create_train_setup(unrolled, mesh)
+  full = _flops(setup.train_step, training.abstract_state(setup), _abstract(batch))
   model = setup.model
-  params = train.abstract_state(setup).params
+  params = training.abstract_state(setup).params
   return full, _flops(jax.jit(jax.grad(bare_loss_fn(model, batch))), params)
 
 
@@ -143,11 +144,11 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits', attention: str
   reps = 3 if quick else 10
   config = benchmark_config(model_name, batch_size, attention)
   mesh = sharding_lib.create_mesh(1)
-  setup = train.create_train_setup(config, mesh)
+  setup = training.create_train_setup(config, mesh)
   model = setup.model
   size, channels = config.data.image_size, config.data.num_channels
   rng = np.random.default_rng(0)
-  batch = train.to_global_batch(
+  batch = training.to_global_batch(
     {
       'image': rng.uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32),
       'label': rng.integers(0, 10, batch_size).astype(np.int32),
@@ -171,7 +172,7 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits', attention: str
   step_times, state = timed_step(setup)
   t_step = float(step_times.min())
   scanned = bool(config.model.get('scan_layers', True))
-  other_times, _ = timed_step(train.create_train_setup(with_layout(config, not scanned), mesh))
+  other_times, _ = timed_step(training.create_train_setup(with_layout(config, not scanned), mesh))
 
   params = state.params
   fwd_bwd = jax.jit(jax.grad(bare_loss_fn(model, batch)))

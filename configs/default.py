@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Input pipeline (diffusion_jax/input_pipeline.py).
+  # Input pipeline (diffusion_jax/data/input_pipeline.py).
   config.data = data = ml_collections.ConfigDict()
   data.name = 'digits'  # 'digits' | 'cifar10' | 'imagenet2012' | 'folder'
   data.image_size = 16
@@ -109,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.data_range = 'unit'  # network data: 'unit' [0, 1] (reference) | 'symmetric' [-1, 1]
   diffusion.ncsn_loss_reduction = 'sum'  # 'sum' over dims (reference) | 'mean'
 
-  # Optimizer (diffusion_jax/optim.py).
+  # Optimizer (diffusion_jax/training/optim.py).
   config.optim = optim = ml_collections.ConfigDict()
   optim.name = 'lamb'  # 'lamb' | 'adamw' | 'adam'
   optim.learning_rate = 2e-3
@@ -131,7 +131,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim.ema_halflife_kimg = 0.0
   optim.ema_rampup_ratio = 0.05
 
-  # Training loop (diffusion_jax/train.py).
+  # Training loop (diffusion_jax/training/).
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 128  # global batch over all devices and hosts.
   training.num_steps = 4000
@@ -143,7 +143,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.profile = False
   training.mesh_fsdp = 1  # size of the 'fsdp' mesh axis; 1 = pure data parallel.
 
-  # Sampling (diffusion_jax/samplers/; --mode=sample in diffusion_jax/sampling.py).
+  # Sampling (diffusion_jax/samplers/; --mode=sample in diffusion_jax/generation.py).
   config.sample = sample = ml_collections.ConfigDict()
   sample.sampler = 'chen_ddpm'  # a registered sampler name, or 'default' (the objective's).
   sample.num_steps = 100

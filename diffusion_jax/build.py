@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffusion_jax import models, objectives, optim, samplers
-from diffusion_jax import sharding as sharding_lib
+from diffusion_jax import models, objectives, samplers
 from diffusion_jax.config import RunConfig
-from diffusion_jax.state import TrainState
+from diffusion_jax.training import optim
+from diffusion_jax.training import sharding as sharding_lib
+from diffusion_jax.training.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)

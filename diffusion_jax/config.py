@@ -19,13 +19,13 @@ from typing import Any
 
 import jax
 
-from diffusion_jax import optim
-from diffusion_jax import sharding as sharding_lib
+from diffusion_jax.data.input_pipeline import DataConfig
 from diffusion_jax.evaluation.evaluate import EvalSettings
-from diffusion_jax.input_pipeline import DataConfig
 from diffusion_jax.models.config import ModelConfig
 from diffusion_jax.objectives.config import DiffusionConfig
 from diffusion_jax.samplers import SampleSettings
+from diffusion_jax.training import optim
+from diffusion_jax.training import sharding as sharding_lib
 
 SECTIONS = ('data', 'model', 'diffusion', 'optim', 'training', 'sample', 'eval')
 TOP_LEVEL_KEYS = ('seed',) + SECTIONS

@@ -3,7 +3,7 @@
 Each process of a JAX multi-process job owns some devices; the trainer lays the global
 batch out over all of them and XLA runs the cross-process reductions (gloo on CPU, ICI
 and DCN on a TPU pod). This script runs a few steps of the real train step
-(`diffusion_jax.train.create_train_setup`) as one process of such a job and saves the
+(`diffusion_jax.training.create_train_setup`) as one process of such a job and saves the
 resulting parameters, so a 2 x 4-device run can be compared with a 1 x 8-device run:
 same config, same global batches, same initial state, so the parameters must agree to
 float tolerance.
@@ -20,7 +20,7 @@ float tolerance.
 
 Batches: every process draws the same global batches from the real input pipeline (as a
 single simulated host) and hands the trainer only the rows its devices hold, through
-`train.to_global_batch`, so both runs see identical data. `--pipeline_steps` then adds
+`training.to_global_batch`, so both runs see identical data. `--pipeline_steps` then adds
 steps fed by the multi-host input pipeline itself (each process reads its own part of
 the data set); those cannot be compared with a single process, but every process must
 still end with the same replicated parameters.
@@ -117,13 +117,14 @@ def run_process(args) -> dict:
   import numpy as np
   from jax.experimental import multihost_utils
 
-  from diffusion_jax import build, input_pipeline, train
+  from diffusion_jax import build, training
   from diffusion_jax import config as config_lib
+  from diffusion_jax.data import input_pipeline
 
   _log(f'process {jax.process_index()} of {jax.process_count()}: {jax.device_count()} devices')
   run = config_lib.build_run_config(load_config(args.config, args.set))
   batch_size = run.global_batch_size
-  setup = train.create_train_setup(build.build(run))
+  setup = training.create_train_setup(build.build(run))
   state = setup.init_state(jax.random.PRNGKey(args.seed))
   _log('state initialized')
 
@@ -143,7 +144,7 @@ def run_process(args) -> dict:
     batch = next(data)
     rows = local_rows(setup.batch_sharding, batch['image'].shape)
     local = {k: v[rows] for k, v in batch.items()}
-    state, metrics = setup.train_step(state, train.to_global_batch(local, setup.batch_sharding))
+    state, metrics = setup.train_step(state, training.to_global_batch(local, setup.batch_sharding))
     losses.append(metrics['loss'])
     _log(f'step {len(losses)} done')
   data.close()

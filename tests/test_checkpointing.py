@@ -1,4 +1,4 @@
-"""Tests of diffusion_jax/checkpointing.py: sharded round trips, EMA-only restore, SIGTERM."""
+"""Tests of diffusion_jax/training/checkpointing.py: sharded round trips, EMA-only restore, SIGTERM."""
 
 import os
 import signal
@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from diffusion_jax import checkpointing
-from diffusion_jax import sharding as sharding_lib
-from diffusion_jax.state import TrainState
+from diffusion_jax.training import checkpointing
+from diffusion_jax.training import sharding as sharding_lib
+from diffusion_jax.training.state import TrainState
 
 
 def _state(seed: int, mesh) -> TrainState:

@@ -14,7 +14,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import cifar10_ddpm, default, digits  # noqa: E402
-from diffusion_jax import build, sampling, train  # noqa: E402
+from diffusion_jax import (  # noqa: E402
+  build,
+  generation,
+  training,  # noqa: E402
+)
 from diffusion_jax import config as config_lib  # noqa: E402
 
 evaluate_lib = importlib.import_module('diffusion_jax.evaluation.evaluate')
@@ -126,7 +130,7 @@ def test_an_unconditional_run_never_passes_labels_to_the_network():
     'image': jax.ShapeDtypeStruct((16, 16, 16, 1), jnp.float32),
     'label': jax.ShapeDtypeStruct((16,), jnp.int32),  # the data set has classes
   }
-  jax.eval_shape(train.make_train_step(components), state, batch)  # traced, not compiled
+  jax.eval_shape(training.make_train_step(components), state, batch)  # traced, not compiled
   noise = jax.ShapeDtypeStruct((8, 16, 16, 1), jnp.float32)
   labels = jax.ShapeDtypeStruct((8,), jnp.int32)
 
@@ -135,7 +139,7 @@ def test_an_unconditional_run_never_passes_labels_to_the_network():
 
   jax.eval_shape(sample, state.ema_params, noise, labels, jax.random.PRNGKey(1))
   assert recorder.labels and all(label is None for label in recorder.labels)
-  labels, _ = sampling.sample_labels(run, 12)
+  labels, _ = generation.sample_labels(run, 12)
   np.testing.assert_array_equal(labels, -1)
 
 

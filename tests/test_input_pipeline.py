@@ -1,4 +1,4 @@
-"""Tests for diffusion_jax/input_pipeline.py and diffusion_jax/data/sources.py."""
+"""Tests for diffusion_jax/data/input_pipeline.py and diffusion_jax/data/sources.py."""
 
 import itertools
 import os
@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
-from diffusion_jax import input_pipeline as ip
+from diffusion_jax.data import input_pipeline as ip
 from diffusion_jax.data import preprocess, sources
 
 

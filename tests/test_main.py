@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import main as main_lib  # noqa: E402
-from diffusion_jax import checkpointing  # noqa: E402
+from diffusion_jax.training import checkpointing  # noqa: E402
 
 
 def _parse(argv, monkeypatch):
@@ -140,10 +140,10 @@ def test_missing_image_folder_fails_in_one_line(tmp_path, monkeypatch):
 
 
 def test_diverged_run_fails_in_one_line(monkeypatch):
-  from diffusion_jax import train
+  from diffusion_jax import training
 
   def run():
-    train.check_finite([(5, {'loss': np.float32(np.nan), 'grad_norm': np.float32(1.0)})])
+    training.check_finite([(5, {'loss': np.float32(np.nan), 'grad_norm': np.float32(1.0)})])
 
   message = _exit_message(monkeypatch, run)
   _assert_one_error_line(message, 'step 5', 'config.optim.learning_rate')

@@ -1,4 +1,4 @@
-"""Tests of diffusion_jax/optim.py: LR schedule, EMA and LAMB against closed forms."""
+"""Tests of diffusion_jax/training/optim.py: LR schedule, EMA and LAMB against closed forms."""
 
 import math
 import os
@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from diffusion_jax import optim
 from diffusion_jax.models import layout
+from diffusion_jax.training import optim
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -384,12 +384,13 @@ def test_three_lamb_steps_agree_between_scanned_and_unrolled_layers():
   scanned run drifts by ~1e-4, far outside these tolerances)."""
   import jax.tree_util as jtu
 
-  from diffusion_jax import input_pipeline, train
-  from diffusion_jax import sharding as sharding_lib
+  from diffusion_jax import training
+  from diffusion_jax.data import input_pipeline
+  from diffusion_jax.training import sharding as sharding_lib
 
   mesh = sharding_lib.create_mesh(1, devices=jax.devices()[:1])
-  scan = train.create_train_setup(_tiny_rin_config(True), mesh)
-  unrolled = train.create_train_setup(_tiny_rin_config(False), mesh)
+  scan = training.create_train_setup(_tiny_rin_config(True), mesh)
+  unrolled = training.create_train_setup(_tiny_rin_config(False), mesh)
   start = jax.device_get(scan.init_state(jax.random.PRNGKey(0)))
   flat = layout.unstack_layers(start.params)
   states = [
@@ -403,7 +404,9 @@ def test_three_lamb_steps_agree_between_scanned_and_unrolled_layers():
   for _ in range(3):
     batch = next(data)
     for i, setup in enumerate((scan, unrolled)):
-      states[i], _ = setup.train_step(states[i], train.to_global_batch(batch, setup.batch_sharding))
+      states[i], _ = setup.train_step(
+        states[i], training.to_global_batch(batch, setup.batch_sharding)
+      )
   got = layout.unstack_layers(jax.device_get(states[0].params))
   want = jax.device_get(states[1].params)
   moved = 0.0

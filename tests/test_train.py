@@ -1,4 +1,4 @@
-"""Tests of the trainer (diffusion_jax/train.py) on the tiny digits config, 8 CPU devices.
+"""Tests of the trainer (diffusion_jax/training/) on the tiny digits config, 8 CPU devices.
 
 The straight run's TrainSetup (the `setup` fixture) is passed to the other runs, so they
 share its compiled train step and sampler: two step compilations (8 devices and 1
@@ -18,15 +18,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import digits  # noqa: E402
-from diffusion_jax import (  # noqa: E402
-  checkpointing,
-  input_pipeline,
-  models,
-  objectives,
-  sampling,
-  train,
-)
-from diffusion_jax import sharding as sharding_lib  # noqa: E402
+from diffusion_jax import generation, models, objectives, training  # noqa: E402
+from diffusion_jax.data import input_pipeline  # noqa: E402
+from diffusion_jax.training import checkpointing  # noqa: E402
+from diffusion_jax.training import sharding as sharding_lib  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -43,7 +38,7 @@ def built(config, tmp_path_factory):
   counts = {'model': 0, 'objective': 0}
   setups = []
   create_model, create_objective = models.create_model, objectives.create_objective
-  create_setup = train.create_train_setup
+  create_setup = training.create_train_setup
 
   def counting_model(*args, **kwargs):
     counts['model'] += 1
@@ -60,8 +55,8 @@ def built(config, tmp_path_factory):
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(models, 'create_model', counting_model)
     mp.setattr(objectives, 'create_objective', counting_objective)
-    mp.setattr(train, 'create_train_setup', recording_setup)
-    state = train.train_and_evaluate(config, workdir)
+    mp.setattr(training.loop, 'create_train_setup', recording_setup)
+    state = training.train_and_evaluate(config, workdir)
   return jax.device_get(state), workdir, setups[0], counts
 
 
@@ -85,12 +80,14 @@ def _assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
 def test_one_step_on_8_devices_equals_1_device(config, setup):
   assert jax.device_count() == 8
   setup8 = setup  # the straight run's, over every device
-  setup1 = train.create_train_setup(config, sharding_lib.create_mesh(1, devices=jax.devices()[:1]))
+  setup1 = training.create_train_setup(
+    config, sharding_lib.create_mesh(1, devices=jax.devices()[:1])
+  )
   state8 = setup8.init_state(jax.random.PRNGKey(3))
   state1 = jax.device_put(jax.device_get(state8), setup1.state_sharding)
   batch = next(input_pipeline.create_input_iter(config.data, 16, seed=0))  # numpy, global
-  new8, m8 = setup8.train_step(state8, train.to_global_batch(batch, setup8.batch_sharding))
-  new1, m1 = setup1.train_step(state1, train.to_global_batch(batch, setup1.batch_sharding))
+  new8, m8 = setup8.train_step(state8, training.to_global_batch(batch, setup8.batch_sharding))
+  new1, m1 = setup1.train_step(state1, training.to_global_batch(batch, setup1.batch_sharding))
   # The 8-device step really ran on 8 devices and produced replicated params.
   leaf = jax.tree.leaves(new8.params)[0]
   assert len(leaf.sharding.device_set) == 8
@@ -132,11 +129,11 @@ def test_killed_run_resumes_from_last_save_and_matches_straight_run(
       raise RuntimeError('simulated crash')
 
   with pytest.raises(RuntimeError, match='simulated crash'):
-    train.train_and_evaluate(config, workdir, step_callback=crash_at_5, setup=setup)
+    training.train_and_evaluate(config, workdir, step_callback=crash_at_5, setup=setup)
   assert checkpointing.latest_step(workdir) == 4  # lost only step 5 (saves every 2)
 
   seen = []
-  resumed = train.train_and_evaluate(
+  resumed = training.train_and_evaluate(
     config, workdir, step_callback=lambda s, _: seen.append(s), setup=setup
   )
   assert seen == [5, 6]
@@ -155,11 +152,11 @@ def test_sigterm_saves_then_stops_and_sample_mode_writes_png_and_npz(config, set
     if step == 3:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  state = train.train_and_evaluate(config, workdir, step_callback=sigterm_at_3, setup=setup)
+  state = training.train_and_evaluate(config, workdir, step_callback=sigterm_at_3, setup=setup)
   assert int(state.step) == 3
   assert checkpointing.latest_step(workdir) == 3
 
-  png, npz = sampling.sample_and_save(setup.components, workdir)
+  png, npz = generation.sample_and_save(setup.components, workdir)
   assert png.endswith('.png') and os.path.exists(png)
   with np.load(npz) as f:
     images, labels = f['images'], f['labels']
@@ -184,7 +181,7 @@ def test_nan_loss_stops_naming_the_step_without_saving(config, setup, tmp_path):
 
   poisoned = dataclasses.replace(setup, train_step=step)
   with pytest.raises(FloatingPointError, match='step 3'):
-    train.train_and_evaluate(config, str(tmp_path), setup=poisoned)
+    training.train_and_evaluate(config, str(tmp_path), setup=poisoned)
   assert checkpointing.latest_step(str(tmp_path)) == 2  # step 4's save never happened
 
 
@@ -204,7 +201,7 @@ def test_config_errors_fail_at_start_naming_the_key(key, value, pattern, tmp_pat
   section, name = key.split('.')
   config[section][name] = value
   with pytest.raises(ValueError, match=pattern):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    training.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(checkpointing.checkpoint_dir(str(tmp_path / 'run')))
 
 
@@ -213,7 +210,7 @@ def test_loss_buckets_match_numpy():
   t = rng.uniform(size=64)
   t[:3] = [0.0, 1.0, 0.1]  # edges: 1.0 goes to the last bucket, 0.1 to the second
   loss = rng.exponential(size=64)
-  sums, counts = train.loss_buckets(jnp.asarray(t, jnp.float32), jnp.asarray(loss, jnp.float32))
+  sums, counts = training.loss_buckets(jnp.asarray(t, jnp.float32), jnp.asarray(loss, jnp.float32))
   idx = np.minimum((t * 10).astype(int), 9)
   np.testing.assert_allclose(np.asarray(sums), np.bincount(idx, loss, 10), rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(counts), np.bincount(idx, minlength=10))
@@ -232,14 +229,14 @@ def test_summarize_averages_and_reports_buckets():
       'loss_bucket_count': np.eye(10, dtype=np.float32)[b],
     }
 
-  out = train.summarize([(1, m(1.0, 0)), (2, m(3.0, 0)), (3, m(5.0, 9))])
+  out = training.summarize([(1, m(1.0, 0)), (2, m(3.0, 0)), (3, m(5.0, 9))])
   assert out['loss'] == pytest.approx(3.0)
   assert out['learning_rate'] == pytest.approx(0.5)  # last value, not the mean
   assert out['loss_t/0.0-0.1'] == pytest.approx(2.0)
   assert out['loss_t/0.9-1.0'] == pytest.approx(5.0)
   assert 'loss_t/0.5-0.6' not in out
   with pytest.raises(FloatingPointError, match='step 7'):
-    train.summarize([(6, m(1.0, 0)), (7, m(np.inf, 0))])
+    training.summarize([(6, m(1.0, 0)), (7, m(np.inf, 0))])
 
 
 def test_fsdp_leaf_sharding_rule():

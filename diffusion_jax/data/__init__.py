@@ -1,4 +1,4 @@
-"""Data sources, preprocessing and augmentation behind `diffusion_jax.input_pipeline`."""
+"""Data sources, preprocessing and augmentation behind `diffusion_jax.data.input_pipeline`."""
 
 from diffusion_jax.data.augment import AUGMENT_DIM, AugmentConfig
 from diffusion_jax.data.sources import (

@@ -49,7 +49,7 @@ class DigitsClassifierNet(nn.Module):
 
 def load_digits(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(images [N, S, S, 1] in [-1, 1], labels [N] int32) of the digits split the trainer uses."""
-  from diffusion_jax.input_pipeline import load_digits_split
+  from diffusion_jax.data.input_pipeline import load_digits_split
 
   if split not in ('train', 'test'):
     raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")

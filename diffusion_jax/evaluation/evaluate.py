@@ -249,7 +249,7 @@ def _nll_batches(run: RunConfig) -> Iterator[dict[str, np.ndarray]]:
   """Real batches of the NLL split, on the 256-level grid."""
   settings, data = run.eval, run.data
   if data.name == 'digits':
-    from diffusion_jax.input_pipeline import load_digits_split
+    from diffusion_jax.data.input_pipeline import load_digits_split
 
     images, labels = load_digits_split(settings.nll_split, data.image_size)
     images, labels = images[: settings.nll_num_examples], labels[: settings.nll_num_examples]
@@ -261,7 +261,7 @@ def _nll_batches(run: RunConfig) -> Iterator[dict[str, np.ndarray]]:
         'label': labels[start : start + settings.batch_size],
       }
     return
-  from diffusion_jax import input_pipeline
+  from diffusion_jax.data import input_pipeline
 
   data_cfg = dataclasses.replace(
     data, train_split=settings.nll_split, random_flip=False, augment_prob=0.0
@@ -276,11 +276,11 @@ def _nll_batches(run: RunConfig) -> Iterator[dict[str, np.ndarray]]:
 
 def nll_fn_from_checkpoint(components: Any, workdir: str) -> NllFn:
   """(images, labels, rng) -> bits/dim [B] of the run's latest EMA parameters (discrete time)."""
-  from diffusion_jax import sampling
+  from diffusion_jax import generation
 
   _check_nll(components)
   try:
-    params, _ = sampling.restore_ema_params(components, workdir)
+    params, _ = generation.restore_ema_params(components, workdir)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"{e} (the 'nll' metric evaluates a trained model.)") from None
   return make_nll_fn(components, params)

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from diffusion_jax.state import TrainState
+from diffusion_jax.training.state import TrainState
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import build as build_lib
-from diffusion_jax import checkpointing
 from diffusion_jax import config as config_lib
+from diffusion_jax.training import checkpointing
 
 SampleFn = Callable[[np.ndarray, jax.Array], np.ndarray]
 
