@@ -131,6 +131,19 @@ def test_ddim_deterministic_and_encode_decode_round_trip():
   np.testing.assert_array_less(np.abs(xt.var(0) - 1), 4.5 * np.sqrt(2 / 2000) + 0.02)
 
 
+def _chen_step_estimates(x, step, steps, b, mu, var):
+  """Float64 Algorithm 3 quantities at one step: g_now, g_next, model-space x0 and eps.
+
+  Cosine inference schedule; the exact x0 of Gaussian data N(mu, var) in data space.
+  """
+  t_now, t_next = 1 - step / steps, max(1 - (step + 1) / steps, 0.0)
+  g_now, g_next = (np.clip(np.cos(t * np.pi / 2) ** 2, 1e-9, 1.0) for t in (t_now, t_next))
+  sigma = np.sqrt(1 - g_now) / (np.sqrt(g_now) * b)
+  x0 = b * _gaussian_x0(mu, var, x / (np.sqrt(g_now) * b), sigma)  # model space: b * x0
+  eps = (x - np.sqrt(g_now) * x0) / np.sqrt(1 - g_now)
+  return g_now, g_next, x0, eps
+
+
 def test_chen_ddim_matches_float64_algorithm3():
   mu, var, b, steps = np.array([0.2, -0.5]), np.array([0.09, 0.01]), 0.5, 16
   gauss = samplers.GaussianMixture([1.0], mu[None], np.sqrt(var)[None])
@@ -140,11 +153,7 @@ def test_chen_ddim_matches_float64_algorithm3():
   )(z)
   x = np.asarray(z, np.float64)
   for step in range(steps):
-    t_now, t_next = 1 - step / steps, max(1 - (step + 1) / steps, 0.0)
-    g_now, g_next = (np.clip(np.cos(t * np.pi / 2) ** 2, 1e-9, 1.0) for t in (t_now, t_next))
-    sigma = np.sqrt(1 - g_now) / (np.sqrt(g_now) * b)
-    x0 = b * _gaussian_x0(mu, var, x / (np.sqrt(g_now) * b), sigma)  # model space: b * x0
-    eps = (x - np.sqrt(g_now) * x0) / np.sqrt(1 - g_now)
+    g_now, g_next, x0, eps = _chen_step_estimates(x, step, steps, b, mu, var)
     x = np.sqrt(g_next) * x0 + np.sqrt(1 - g_next) * eps
   np.testing.assert_allclose(np.asarray(got), x0 / b, rtol=1e-3, atol=1e-4)
 
@@ -164,11 +173,7 @@ def test_chen_ddpm_matches_float64_reference_transition(variance):
   draws = [np.asarray(jax.random.normal(jax.random.fold_in(key, k), (8, 2))) for k in range(steps)]
   x = np.asarray(z0, np.float64)
   for step in range(steps):
-    t_now, t_prev = 1 - step / steps, max(1 - (step + 1) / steps, 0.0)
-    g_now, g_prev = (np.clip(np.cos(t * np.pi / 2) ** 2, 1e-9, 1.0) for t in (t_now, t_prev))
-    sigma = np.sqrt(1 - g_now) / (np.sqrt(g_now) * b)
-    x0 = b * _gaussian_x0(mu, var, x / (np.sqrt(g_now) * b), sigma)  # model space: b * x0
-    eps = (x - np.sqrt(g_now) * x0) / np.sqrt(1 - g_now)
+    g_now, g_prev, x0, eps = _chen_step_estimates(x, step, steps, b, mu, var)
     alpha = np.clip(np.exp(np.log(g_now) - np.log(g_prev)), 0.0, 1.0)
     mean = (x - (1 - alpha) * eps / np.sqrt(1 - g_now)) / np.sqrt(alpha)
     v = 1 - alpha if variance == 'large' else (1 - g_prev) / (1 - g_now) * (1 - alpha)
