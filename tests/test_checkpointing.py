@@ -1,4 +1,4 @@
-"""Tests of diffusion_jax/training/checkpointing.py: sharded round trips, EMA-only restore, SIGTERM."""
+"""Tests of diffusion_jax/training/checkpointing.py: sharded round trips, EMA restore, SIGTERM."""
 
 import os
 import signal
