@@ -524,6 +524,72 @@ def karras_sigmas(
   return jnp.asarray(sigmas, dtype=jnp.float32)
 
 
+def exponential_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> jax.Array:
+  """n levels evenly spaced in log sigma from sigma_max to sigma_min, then 0: float32 [n + 1].
+
+  Source: k-diffusion `get_sigmas_exponential`.
+  """
+  return polyexponential_sigmas(n, sigma_min, sigma_max, rho=1.0)
+
+
+def polyexponential_sigmas(
+  n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 1.0
+) -> jax.Array:
+  """n levels with log sigma = log sigma_min + r^rho (log sigma_max - log sigma_min), r
+  from 1 to 0 evenly, then 0: float32 [n + 1]. rho = 1 is the exponential grid.
+
+  Source: k-diffusion `get_sigmas_polyexponential`.
+  """
+  n = _check_count('n', n)
+  _check_positive('rho', rho)
+  _check_positive('sigma_min', sigma_min)
+  _check_order('sigma_min', sigma_min, 'sigma_max', sigma_max)
+  ramp = np.linspace(1.0, 0.0, n) ** float(rho)
+  lo, hi = math.log(sigma_min), math.log(sigma_max)
+  return jnp.asarray(np.append(np.exp(ramp * (hi - lo) + lo), 0.0), dtype=jnp.float32)
+
+
+TIMESTEP_SPACINGS = ('linspace', 'leading', 'trailing')
+
+
+def discrete_timesteps(num_timesteps: int, n: int, spacing: str = 'linspace') -> np.ndarray:
+  """n decreasing training timesteps in [0, T - 1] for an n-step sampler: int64 [n].
+
+  The spacings of diffusers' multistep schedulers (DPMSolverMultistep / UniPC / DEIS,
+  `steps_offset = 0`): 'linspace' rounds linspace(0, T - 1, n + 1) and drops its 0;
+  'leading' takes multiples of T // (n + 1); 'trailing' steps down from T by T / n.
+
+  Source: diffusers `DPMSolverMultistepScheduler.set_timesteps`; Lin et al. 2024
+  ("Common Diffusion Noise Schedules and Sample Steps are Flawed"), Table 2.
+  """
+  T = _check_count('num_timesteps', num_timesteps)
+  n = _check_count('n', n)
+  if spacing not in TIMESTEP_SPACINGS:
+    raise ValueError(
+      f'unknown timestep spacing {spacing!r}; valid: {", ".join(TIMESTEP_SPACINGS)}.'
+    )
+  if n > T:
+    raise ValueError(f'n={n} sampler steps exceed the {T} training timesteps; use n <= {T}.')
+  if spacing == 'linspace':
+    t = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
+  elif spacing == 'leading':
+    t = (np.arange(0, n + 1) * (T // (n + 1))).round()[::-1][:-1]
+  else:
+    t = np.arange(T, 0, -T / n).round() - 1
+  return t.astype(np.int64)
+
+
+def discrete_sigmas(schedule: DiscreteSchedule, n: int, spacing: str = 'linspace') -> jax.Array:
+  """EDM noise levels sqrt((1 - abar_t) / abar_t) at `discrete_timesteps`, then 0: f32 [n + 1].
+
+  The grid diffusers' multistep schedulers step over (`final_sigmas_type='zero'`), so a
+  sampler fed it takes the same steps as the diffusers scheduler of that name.
+  """
+  t = discrete_timesteps(schedule.num_timesteps, n, spacing)
+  sigmas = np.sqrt((1.0 - schedule.alphas_cumprod[t]) / schedule.alphas_cumprod[t])
+  return jnp.asarray(np.append(sigmas, 0.0), dtype=jnp.float32)
+
+
 def vp_sigma(t: ArrayLike, beta_d: float = 19.9, beta_min: float = 0.1) -> jax.Array:
   """VP noise level sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1).
 

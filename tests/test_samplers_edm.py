@@ -4,50 +4,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from mixture_reference import (
+  MEANS,
+  MIXTURE,
+  NUM,
+  STDS,
+  WEIGHTS,
+  assert_matches_mixture,
+  mixture_posterior_mean_np,
+)
 
 from diffusion_jax import samplers, schedules
 from diffusion_jax.samplers import common, exact
 
-# Three well-separated components in 2-D, one with diagonal covariance.
-WEIGHTS = np.array([0.2, 0.3, 0.5])
-MEANS = np.array([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]])
-STDS = np.array([[0.10, 0.15], [0.20, 0.12], [0.15, 0.15]])
-MIXTURE = samplers.GaussianMixture(WEIGHTS, MEANS, STDS)
-NUM = 4000
-
-
-def assert_matches_mixture(gm, x, mean_bias=0.01, var_bias=0.03, weight_bias=0.005):
-  """Component weights, means and variances within 4.5 standard errors (+ a bias allowance)."""
-  st = gm.summary(x)
-  n = np.shape(x)[0]
-  w = gm.weights
-  np.testing.assert_array_less(
-    np.abs(st['weights'] - w), 4.5 * np.sqrt(w * (1 - w) / n) + weight_bias
-  )
-  nk = st['counts'][:, None]
-  se_mean = np.sqrt(gm.variances / nk)
-  np.testing.assert_array_less(
-    np.abs(st['means'] - gm.means.reshape(w.size, -1)), 4.5 * se_mean + mean_bias
-  )
-  np.testing.assert_array_less(
-    np.abs(st['variances'] / gm.variances - 1),
-    np.broadcast_to(4.5 * np.sqrt(2 / (nk - 1)) + var_bias, gm.variances.shape),
-  )
-
-
 # ---------------------------------------------------------------------------
 # Exact denoisers.
-
-
-def _mixture_posterior_mean_np(x, sigma, weights, means, variances):
-  """float64 Bayes: sum_k p(k|x) E[x0 | x, k] for diagonal Gaussian components."""
-  var = variances[None] + sigma[:, None, None] ** 2  # [N, K, D]
-  diff = x[:, None] - means[None]
-  log_lik = -0.5 * np.sum(diff**2 / var + np.log(2 * np.pi * var), -1) + np.log(weights)
-  resp = np.exp(log_lik - log_lik.max(1, keepdims=True))
-  resp /= resp.sum(1, keepdims=True)
-  post = means[None] + variances[None] / var * diff
-  return np.sum(resp[..., None] * post, 1)
 
 
 def test_gaussian_mixture_denoiser_matches_bayes_and_tweedie():
@@ -86,7 +57,7 @@ def test_gaussian_mixture_denoiser_matches_bayes_and_tweedie():
   got, d_tw, tweedie, d_iso, d_diag = run(
     jnp.asarray(x, jnp.float32), jnp.asarray(sigma, jnp.float32), xi
   )
-  want = _mixture_posterior_mean_np(x, sigma, MIXTURE.weights, MEANS, STDS**2)
+  want = mixture_posterior_mean_np(x, sigma, MIXTURE.weights, MEANS, STDS**2)
   np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
   np.testing.assert_allclose(np.asarray(d_tw), np.asarray(tweedie), atol=1e-4)
   # Isotropic stds give the same as the equivalent diagonal ones, for image-shaped events.
