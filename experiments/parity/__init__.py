@@ -1,0 +1,1 @@
+"""Per-family parity cases against the reference libraries (see experiments/sampler_parity.py)."""
