@@ -5,7 +5,9 @@
     python main.py --config=configs/digits.py --workdir=workdir/digits --mode=sample
     python main.py --config=configs/digits.py --workdir=workdir/digits --mode=eval
 
-A run resumes from the latest checkpoint in --workdir. On a TPU pod or any
+A run resumes from the latest checkpoint in --workdir. Compiled programs are kept in
+JAX's persistent compilation cache (--compilation_cache_dir), so a second run starts
+without compiling. On a TPU pod or any
 multi-process launch (JAX_COORDINATOR_ADDRESS, SLURM, Open MPI, or --multihost)
 JAX's distributed runtime is initialized first; only process 0 writes logs,
 summaries and images.
@@ -27,6 +29,12 @@ flags.DEFINE_string('workdir', None, 'Run directory (default: ./workdir/<config 
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
 flags.DEFINE_bool(
   'multihost', None, 'Initialize jax.distributed (default: detect from the environment).'
+)
+flags.DEFINE_string(
+  'compilation_cache_dir',
+  None,
+  'JAX persistent compilation cache: a second run loads its compiled programs from here '
+  '(default $JAX_COMPILATION_CACHE_DIR or ~/.cache/diffusion_jax/xla; none = off).',
 )
 flags.mark_flags_as_required(['config'])
 
@@ -170,6 +178,18 @@ def _run():
     multihost = is_multiprocess_environment()
   if multihost:
     jax.distributed.initialize()
+
+  from diffusion_jax import compilation_cache
+
+  cache = compilation_cache.enable(FLAGS.compilation_cache_dir)
+  try:
+    _run_mode()
+  finally:
+    logging.info('%s.', cache.summary())
+
+
+def _run_mode():
+  import jax
 
   from diffusion_jax import build, config, generation, training
 

@@ -167,6 +167,26 @@ def get_config() -> ml_collections.ConfigDict:
   sample.rho = 7.0
   sample.n_steps_each = 5  # Langevin steps per noise level (NCSNv2's T).
   sample.step_lr = 0.0  # Langevin step size; 0 = solve NCSNv2's Technique 4 for it.
+  # The fast samplers (euler_ancestral, dpmpp_2m, unipc, ...; README "Which sampler").
+  sample.sigmas = 'karras'  # their grid: karras | exponential | polyexponential | discrete.
+  sample.polyexponential_rho = 1.0
+  sample.timestep_spacing = 'linspace'  # 'discrete' grid: linspace | leading | trailing.
+  # Their options; None = the sampler's own default (k-diffusion's / diffusers').
+  sample.eta = None  # ancestral / SDE noise scale.
+  sample.order = None  # lms, dpm_adaptive, unipc, deis.
+  sample.r = None  # dpmpp_sde.
+  sample.solver_type = None  # dpmpp_2m_sde: midpoint | heun.
+  sample.multistep_style = None  # dpmpp_2m / dpmpp_3m: k_diffusion | diffusers.
+  sample.variant = None  # unipc: bh2 | bh1.
+  sample.lower_order_final = None
+  sample.rtol = None  # dpm_adaptive.
+  sample.atol = None
+  sample.h_init = None
+  sample.pcoeff = None
+  sample.icoeff = None
+  sample.dcoeff = None
+  sample.accept_safety = None
+  sample.max_steps = None
 
   # Evaluation (diffusion_jax/evaluation/, --mode=eval).
   config.eval = ev = ml_collections.ConfigDict()

@@ -41,9 +41,11 @@ class Components:
     init_fn: rng -> TrainState (not jitted).
     state_sharding: TrainState-shaped pytree of NamedShardings.
     batch_sharding: sharding of every batch array (leading dim over all devices).
-    sample_batch: (params, noise [B, H, W, C], labels [B], rng) -> images in [-1, 1],
-      jitted with the output split like the batch: the one sampler of the trainer's
-      grids, --mode=sample and --mode=eval (compiled on first call, once per shape).
+    sample_batch: (params, noise [B, H, W, C], labels [B], rng, overrides=None) -> images
+      in [-1, 1], jitted with the output split like the batch: the one sampler of the
+      trainer's grids, --mode=sample and --mode=eval (compiled on first call, once per
+      shape). `overrides` maps settings of `samplers.settings.TRACEABLE` (guidance, eta,
+      s_noise, s_churn) to values that are traced: new values reuse the compiled sampler.
   """
 
   run: RunConfig
@@ -113,8 +115,8 @@ def build(run: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Components:
   )
   batch = sharding_lib.batch_sharding(mesh)
 
-  def sample_batch(params, noise, labels, rng):
-    return sample_images(run, model, objective, params, noise, labels, rng)
+  def sample_batch(params, noise, labels, rng, overrides=None):
+    return sample_images(run, model, objective, params, noise, labels, rng, overrides)
 
   return Components(
     run=run,
@@ -148,14 +150,25 @@ def sample_images(
   noise: jax.Array,
   labels: jax.Array | None,
   rng: jax.Array,
+  overrides: dict[str, Any] | None = None,
 ) -> jax.Array:
   """Images [B, H, W, C] in [-1, 1] from unit noise [B, H, W, C] with run.sample's sampler.
 
   Any registered sampler drives any model through the objective's EDM-form denoiser.
-  Labels reach the network only for a class-conditional run.
+  Labels reach the network only for a class-conditional run. `overrides` replaces
+  settings of `samplers.settings.TRACEABLE` with (possibly traced) values.
   """
   label = labels if run.conditional else None
-  images = samplers.sample(objective, model.apply, params, noise, label, rng, run.sample)
+  settings = run.sample
+  if overrides:
+    unknown = set(overrides) - set(samplers.settings.TRACEABLE)
+    if unknown:
+      raise ValueError(
+        f'sampler overrides {sorted(unknown)} cannot be traced; valid: '
+        f'{", ".join(samplers.settings.TRACEABLE)} (set the others in config.sample).'
+      )
+    settings = settings.replace(**overrides)
+  images = samplers.sample(objective, model.apply, params, noise, label, rng, settings)
   return jnp.clip(images, -1.0, 1.0)
 
 

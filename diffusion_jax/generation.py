@@ -164,7 +164,10 @@ class GridSampler:
 
 
 def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[SampleFn, int]:
-  """A host-level sampler `sample_fn(labels [N], rng) -> uint8 [N, H, W, C]` of the run.
+  """A host-level sampler `sample_fn(labels [N], rng, **overrides) -> uint8 [N, H, W, C]`.
+
+  `overrides` (guidance=, eta=, s_noise=, s_churn=) are traced: sampling again with new
+  values reuses the compiled sampler.
 
   Restores only the EMA parameters of the latest (or given) checkpoint. Batches of
   config.sample.batch_size (rounded up to the devices) run through one jitted function;
@@ -187,8 +190,9 @@ def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[Sa
   fn = components.sample_batch
   size, channels = run.data.image_size, run.data.num_channels
 
-  def sample_fn(labels: np.ndarray, rng: jax.Array) -> np.ndarray:
+  def sample_fn(labels: np.ndarray, rng: jax.Array, **overrides: Any) -> np.ndarray:
     labels = np.asarray(labels, np.int32).reshape(-1)
+    traced = {k: jnp.asarray(v, jnp.float32) for k, v in overrides.items()} or None
     out = []
     for i, start in enumerate(range(0, len(labels), bs)):
       chunk = labels[start : start + bs]
@@ -200,6 +204,7 @@ def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[Sa
         jax.device_put(noise, batch),
         jax.device_put(jnp.asarray(padded), batch),
         sample_rng,
+        traced,
       )
       out.append(to_uint8(jax.device_get(images))[: len(chunk)])
     return np.concatenate(out, axis=0)

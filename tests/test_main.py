@@ -1,6 +1,8 @@
 """Tests of main.py: flags, config overrides, default workdir, multi-host detection, modes."""
 
 import os
+import re
+import subprocess
 import sys
 
 import numpy as np
@@ -15,7 +17,10 @@ from diffusion_jax.training import checkpointing  # noqa: E402
 
 
 def _parse(argv, monkeypatch):
-  # config_flags reads its --config.* overrides from sys.argv.
+  # config_flags reads its --config.* overrides from sys.argv. In-process runs leave
+  # the persistent compilation cache off (its own test runs main.py in subprocesses).
+  if not any(a.startswith('--compilation_cache_dir') for a in argv):
+    argv = [*argv, '--compilation_cache_dir=none']
   argv = ['main.py', *argv]
   monkeypatch.setattr(sys, 'argv', argv)
   flags.FLAGS.unparse_flags()
@@ -72,7 +77,30 @@ def test_train_then_sample_with_config_overrides(tmp_path, monkeypatch):
   npz = os.path.join(workdir, 'samples', f'{flags.FLAGS.config.sample.sampler}_step_000002.npz')
   with np.load(npz) as f:
     assert f['images'].shape == (10, 16, 16, 1)
+    images = f['images']
     np.testing.assert_array_equal(f['labels'], np.arange(10))
+
+  # Two more --mode=sample processes with the persistent compilation cache: the first
+  # compiles and writes it, the second compiles nothing and samples the same images.
+  cache = str(tmp_path / 'xla_cache')
+  command = [
+    sys.executable,
+    os.path.join(ROOT, 'main.py'),
+    config,
+    f'--workdir={workdir}',
+    '--mode=sample',
+    '--config.sample.num_samples=10',
+    f'--compilation_cache_dir={cache}',
+  ]
+  logs = []
+  for _ in range(2):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    logs.append(re.search(r'XLA programs: (\d+) compiled, (\d+) loaded', done.stderr))
+  assert logs[0] and int(logs[0][1]) > 0 and int(logs[0][2]) == 0, logs[0]
+  assert logs[1] and int(logs[1][1]) == 0 and int(logs[1][2]) == int(logs[0][1]), logs[1]
+  with np.load(npz) as f:
+    np.testing.assert_array_equal(f['images'], images)
 
 
 def test_unknown_config_override_is_rejected(monkeypatch):

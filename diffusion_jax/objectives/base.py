@@ -98,6 +98,14 @@ class Objective(abc.ABC):
     x = jnp.asarray(noise) * sigmas[0]
     return LangevinStart(x, sigmas, self.langevin_step_lr(settings), clip_denoiser=True)
 
+  def sampling_schedule(self) -> schedules.DiscreteSchedule:
+    """The discrete timesteps `config.sample.sigmas='discrete'` walks (a spacing of them).
+
+    Objectives without a beta table of their own (EDM, NCSNv2) use the DDPM table of
+    config.diffusion (beta_schedule, num_timesteps; linear x 1000 by default).
+    """
+    return self.config.discrete_schedule()
+
   def init_state(self) -> dict:
     """The objective's training state (iDDPM's loss history); `{}` when stateless."""
     return {}

@@ -13,8 +13,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from diffusion_jax import parameterization
+from diffusion_jax import parameterization, schedules
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims, per_example
 
 
@@ -44,6 +45,19 @@ class ChenObjective(Objective):
   def input_scale(self) -> float:
     """b of model space X = b x0 (`config.diffusion.scale`)."""
     return self.config.scale
+
+  def sampling_schedule(self) -> schedules.DiscreteSchedule:
+    """gamma(t) at t_i = (i + 1) / T (T = config.diffusion.num_timesteps) as a discrete
+    schedule in data space: abar_i = 1 / (1 + sigma_i^2), sigma_i = the EDM level of
+    gamma(t_i) at this input scale.
+    """
+    cfg = self.config
+    t = (np.arange(cfg.num_timesteps) + 1.0) / cfg.num_timesteps
+    gamma = np.clip(np.asarray(cfg.gamma_fn()(t), np.float64), 1e-12, 1.0 - 1e-12)
+    sigma = np.sqrt((1.0 - gamma) / gamma) / cfg.scale
+    abar = 1.0 / (1.0 + sigma**2)
+    betas = 1.0 - abar / np.append(1.0, abar[:-1])
+    return schedules.DiscreteSchedule.from_betas(np.clip(betas, 1e-12, 1.0))
 
   def loss(self, apply_fn, params, batch: Batch, rng, state, train=True) -> LossOutput:
     """Algorithm 2: t ~ U(0, 1), noise, normalize, predict, mean squared error.

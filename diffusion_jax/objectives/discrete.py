@@ -41,6 +41,10 @@ class DiscreteObjective(Objective):
     """The training DiscreteSchedule (float64 tables)."""
     return self.config.discrete_schedule()
 
+  def sampling_schedule(self) -> schedules.DiscreteSchedule:
+    """The training schedule itself."""
+    return self.schedule
+
   def model_timesteps(self, index: jax.Array) -> jax.Array:
     """The model's time input for original (possibly fractional) indices [B]."""
     cfg = self.config
