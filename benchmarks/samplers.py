@@ -5,13 +5,16 @@
 
 (a) Overhead: a RIN of the CIFAR-10 size (3 blocks x 2 compute layers, 128 x 512
     latents, tape 256, patch 2, 32x32x3, latent self-conditioning carried between
-    steps) drives Chen's DDPM sampler, DDPM ancestral sampling and EDM Heun inside
-    one jit. Reported: sampler wall time / (NFE x one jitted denoiser call), for
-    NFE about 10, 50 and 250; 1.00 means the loop costs nothing beyond the network.
+    steps) drives Chen's DDPM sampler, DDPM ancestral sampling, EDM Heun and the fast
+    samplers DPM-Solver++(2M), UniPC and DPM-Solver++(2M) SDE inside one jit.
+    Reported: sampler wall time / (NFE x one jitted denoiser call), for NFE about 10,
+    50 and 250; 1.00 means the loop costs nothing beyond the network.
 (b) Error vs. NFE with the exact denoiser of a 2-D Gaussian mixture: Euler, Heun,
     stochastic EDM, DDIM (eta = 0) and DDPM (small variance) against the mixture,
     measured by the sliced Wasserstein-2 distance to a large reference sample
     and the largest error of the per-component variances.
+(c) The same for every fast sampler (k-diffusion's and diffusers' families), with the
+    RMS distance to the exact ODE solution from the same start for the ODE samplers.
 """
 
 from __future__ import annotations
@@ -84,6 +87,10 @@ def _min_time(fn, *args, reps: int) -> tuple[float, float]:
   return wall, cpu
 
 
+# Fast samplers timed in (a): a multistep ODE solver, a predictor-corrector and an SDE.
+FAST_OVERHEAD = ('dpmpp_2m', 'unipc', 'dpmpp_2m_sde')
+
+
 def overhead_table(quick: bool, batch: int, nfes: tuple[int, ...] = ()) -> str:
   cfg = _rin_config(quick)
   model = models.create_model(cfg)
@@ -113,6 +120,16 @@ def overhead_table(quick: bool, batch: int, nfes: tuple[int, ...] = ()) -> str:
           _chen_bridge(model, p, label), z, sched, rng=k, init_state=latents0
         )
       )
+    if kind in FAST_OVERHEAD:
+      from diffusion_jax.samplers import fast
+
+      spec = {k: f.FAST_SAMPLERS[k] for f in fast.FAMILIES for k in f.FAST_SAMPLERS}[kind]
+      sig = schedules.karras_sigmas(nfe)
+      return spec.nfe(nfe), jax.jit(
+        lambda p, z, k: spec.fn(
+          _chen_bridge(model, p, label), z * sig[0], sig, rng=k, init_state=latents0
+        )
+      )
     n = (nfe + 1) // 2
     sig = schedules.karras_sigmas(n)
     return samplers.edm_nfe(n), jax.jit(
@@ -124,7 +141,7 @@ def overhead_table(quick: bool, batch: int, nfes: tuple[int, ...] = ()) -> str:
   rows = []
   t_fwd_all = []
   for nfe in nfes:
-    for kind in ('chen (DDPM)', 'ddpm', 'edm heun'):
+    for kind in ('chen (DDPM)', 'ddpm', 'edm heun', *FAST_OVERHEAD):
       true_nfe, fn = make(kind, nfe)
       t_sample, c_sample = _min_time(fn, params, x, jax.random.key(2), reps=reps)
       # The forward pass is timed right after, so both see the same machine load.
