@@ -38,6 +38,7 @@ def edm_sample(
   s_tmax: float = float('inf'),
   s_noise: float = 1.0,
   rng: jax.Array | None = None,
+  noise_fn: Any = None,
   init_state: Any = None,
   return_trajectory: common.TrajectorySpec = False,
 ):
@@ -63,7 +64,10 @@ def edm_sample(
     s_tmax: churn is applied only for t_i <= s_tmax.
     s_noise: scale of the added noise, S_noise (slightly above 1 in EDM's tuned
       settings to offset the denoiser's detail loss).
-    rng: PRNG key, required when s_churn > 0.
+    rng: PRNG key, required when s_churn > 0 (unless noise_fn is given).
+    noise_fn: optional `(i, sigma_i, sigma_{i+1}) -> N(0, I) like x`, the churn draw of
+      step i in place of the rng's (to replay another run's draws, e.g. k-diffusion's
+      i-th `randn_like` in sample_euler / sample_heun); see `samplers.stepping`.
     init_state: the starting state of a stateful (self-conditioning) denoiser.
     return_trajectory: False, True (all N + 1 states x_0 .. x_N), or a sequence
       of state indices to keep.
@@ -79,7 +83,7 @@ def edm_sample(
   common.check_nonnegative(s_noise, 's_noise')
   churn_static = common.concrete_or_none(s_churn)
   stochastic = churn_static is None or float(churn_static) > 0
-  common.check_rng(rng, stochastic, 'edm_sample with s_churn > 0')
+  common.check_rng(rng, stochastic and noise_fn is None, 'edm_sample with s_churn > 0')
 
   sig = jnp.asarray(sigmas, jnp.float32)  # [N + 1]
   if sig.ndim != 1 or sig.shape[0] < 2:
@@ -94,7 +98,10 @@ def edm_sample(
   def step(x, state, i, t_cur, t_next, gamma, second_order: bool):
     if stochastic:
       t_hat = t_cur * (1.0 + gamma)
-      z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
+      if noise_fn is not None:
+        z = jnp.asarray(noise_fn(i, t_cur, t_next), x.dtype).reshape(x.shape)
+      else:
+        z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
       x_hat = x + jnp.sqrt(jnp.maximum(t_hat**2 - t_cur**2, 0.0)) * s_noise * z
     else:
       t_hat, x_hat = t_cur, x
