@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from mixture_reference import MIXTURE, np_denoise
+from mixture_reference import MIXTURE, NUM, assert_matches_mixture, np_denoise
 
-from diffusion_jax import schedules
+from diffusion_jax import samplers, schedules
 from diffusion_jax.samplers import deis, unipc
 
 TABLE = schedules.DiscreteSchedule.from_name('linear', 1000)
@@ -216,7 +216,123 @@ def test_final_step_to_zero_lands_on_the_denoised_sample_with_traced_sigmas():
     'deis_3': lambda s: deis.deis(d, x, s, order=3, lower_order_final=False),
   }
   traced = jax.jit(lambda s: {k: f(s) for k, f in runs.items()})(sigmas)
+  concrete = jax.jit(lambda: {k: f(sigmas) for k, f in runs.items()})()
   want = np.broadcast_to(np.asarray(c) * (1.0 + float(sigmas[-2])), x.shape)
-  for name, fn in runs.items():
+  for name in runs:
     np.testing.assert_allclose(traced[name], want, rtol=1e-6, err_msg=name)
-    np.testing.assert_allclose(fn(sigmas), want, rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(concrete[name], want, rtol=1e-6, err_msg=name)
+
+
+def test_convergence_order_on_the_gaussian_closed_form():
+  """Error vs NFE against the exact PF-ODE solution for Gaussian data N(mu, s^2):
+  x(sigma) = mu + (x(sigma_0) - mu) sqrt(s^2 + sigma^2) / sqrt(s^2 + sigma_0^2). The grid
+  ends at sigma_min > 0 and lower_order_final=False, so every step but the warm-up runs at
+  full order."""
+  mu, std = np.array([0.3, -0.2]), np.array([0.5, 0.25])
+  gauss = samplers.GaussianMixture([1.0], mu[None], std[None])
+  z = jax.random.normal(jax.random.key(2), (128, 2))
+  steps = (10, 20, 40)
+  configs = {
+    'unipc1': (unipc.unipc, dict(order=1)),
+    'unipc2': (unipc.unipc, dict(order=2)),
+    'unipc3': (unipc.unipc, dict(order=3)),
+    'unipc2_bh1': (unipc.unipc, dict(order=2, variant='bh1')),
+    'deis1': (deis.deis, dict(order=1)),
+    'deis2': (deis.deis, dict(order=2)),
+    'deis3': (deis.deis, dict(order=3)),
+  }
+  grids = {n: schedules.karras_sigmas(n, 0.05, 20.0)[:-1] for n in steps}
+
+  @jax.jit
+  def run(z):
+    return {
+      (k, n): fn(gauss.denoise, z * grids[n][0], grids[n], lower_order_final=False, **kw)
+      for k, (fn, kw) in configs.items()
+      for n in steps
+    }
+
+  out = run(z)
+  zn = np.asarray(z, np.float64)
+  slopes, errors = {}, {}
+  for k in configs:
+    err = []
+    for n in steps:
+      s = np.asarray(grids[n], np.float64)
+      exact = mu + (zn * s[0] - mu) * np.sqrt(std**2 + s[-1] ** 2) / np.sqrt(std**2 + s[0] ** 2)
+      err.append(np.sqrt(np.mean((np.asarray(out[(k, n)], np.float64) - exact) ** 2)))
+    errors[k] = np.array(err)
+    slopes[k] = -np.polyfit(np.log(steps), np.log(err), 1)[0]
+  # UniC raises UniP-p to order p + 1.
+  assert 1.7 < slopes['unipc1'] < 2.6, slopes
+  assert 2.5 < slopes['unipc2'] and 2.5 < slopes['unipc2_bh1'], slopes
+  assert slopes['unipc3'] > 3.3, slopes
+  # Higher order wins from NFE 20 on (at 10 steps UniPC-3 and UniPC-2 are on a par).
+  assert np.all(errors['unipc3'][1:] < errors['unipc2'][1:])
+  assert np.all(errors['unipc2'] < errors['unipc1'])
+  assert 0.8 < slopes['deis1'] < 1.3, slopes
+  assert 1.7 < slopes['deis2'] < 2.6, slopes
+  assert slopes['deis3'] > 1.8, slopes  # pre-asymptotic at these NFE (about 2.2)
+  assert np.all(errors['deis3'] < errors['deis2']) and np.all(errors['deis2'] < errors['deis1'])
+
+
+def test_call_order_nfe_state_threading_and_no_retrace():
+  calls, traces = [], []
+
+  def denoise(x, sigma, state):
+    jax.debug.callback(lambda s, c: calls.append((float(s), int(c))), sigma, state, ordered=True)
+    return MIXTURE.denoise(x, sigma), state + 1
+
+  def sample(x, sigmas):
+    traces.append(1)
+    return [
+      spec.fn(denoise, x, sigmas, init_state=jnp.int32(0), order=3)
+      for spec in (unipc.FAST_SAMPLERS['unipc'], deis.FAST_SAMPLERS['deis'])
+    ]
+
+  fn = jax.jit(sample)
+  x = jnp.ones((2, 2))
+  s = schedules.discrete_sigmas(TABLE, 7, 'linspace')
+  jax.block_until_ready(fn(x, s))
+  jax.effects_barrier()
+  n = 7
+  assert (
+    len(calls) == 2 * n == unipc.FAST_SAMPLERS['unipc'].nfe(n) + deis.FAST_SAMPLERS['deis'].nfe(n)
+  )
+  for half in (calls[:n], calls[n:]):
+    np.testing.assert_allclose([c[0] for c in half], np.asarray(s)[:-1], rtol=1e-6)
+    assert [c[1] for c in half] == list(range(n))  # the state goes through every call
+  out = fn(x, schedules.discrete_sigmas(TABLE, 7, 'trailing'))  # a new grid: same executable
+  assert len(traces) == 1 and np.all(np.isfinite(np.asarray(out)))
+
+
+def test_samples_match_the_mixture():
+  # EDM's grid: its last level 0.002 is far below the components' stds, so the final
+  # first-order step D(x; 0.002) does not shrink them (the linear table's sigma(t=39) would).
+  sigmas = schedules.karras_sigmas(25, 0.002, 80.0)
+  z = jax.random.normal(jax.random.key(3), (NUM, 2)) * sigmas[0]
+  run = jax.jit(
+    lambda z: (unipc.unipc(MIXTURE.denoise, z, sigmas), deis.deis(MIXTURE.denoise, z, sigmas))
+  )
+  for x in run(z):
+    assert_matches_mixture(MIXTURE, x)
+
+
+def test_fast_sampler_entries_and_bad_options():
+  spec_u, spec_d = unipc.FAST_SAMPLERS['unipc'], deis.FAST_SAMPLERS['deis']
+  assert spec_u.options == ('order', 'variant', 'lower_order_final') and not spec_u.stochastic
+  assert spec_d.options == ('order', 'lower_order_final') and not spec_d.stochastic
+  assert spec_u.nfe(12, order=3, variant='bh1') == 12 == spec_d.nfe(12, order=1)
+  d = MIXTURE.denoise
+  x = jnp.zeros((2, 2))
+  s = schedules.karras_sigmas(4)
+  for call, needle in [
+    (lambda: unipc.unipc(d, x, s, order=4), 'unipc: order=4'),
+    (lambda: unipc.unipc(d, x, s, variant='bh3'), "unipc: variant='bh3'"),
+    (lambda: deis.deis(d, x, s, order=0), 'deis: order=0'),
+    (lambda: deis.deis(d, x, s, lower_order_final='yes'), 'deis: lower_order_final'),
+  ]:
+    with pytest.raises(ValueError, match=needle) as info:
+      call()
+    assert '\n' not in str(info.value)
+  with pytest.raises(ValueError, match='unipc: sigmas must be strictly decreasing'):
+    unipc.unipc(d, x, s[::-1])
