@@ -69,7 +69,7 @@ def _coefficients(
   h = lam[1:] - lam_s
   # lambda of the two previous levels; stand-ins (masked below) before the grid starts.
   lam_1 = jnp.where(j >= 1, lam[np.maximum(j - 1, 0)], lam_s - h)
-  lam_2 = jnp.where(j >= 2, lam[np.maximum(j - 2, 0)], lam_s - 2.0 * h)
+  lam_2 = jnp.where(j >= 2, lam[np.maximum(j - 2, 0)], lam_1 - h)
   r1 = (lam_1 - lam_s) / h
   r2 = (lam_2 - lam_s) / h
   hh = -h
