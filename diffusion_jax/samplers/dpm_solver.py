@@ -113,10 +113,18 @@ def _ancestral_target(t, t_next, t_end, eta, noisy):
   """(t_next', su): the eta-step's stopping time min(t_end, t(sigma_down)) and its noise scale."""
   if not noisy:
     return t_next, jnp.zeros_like(t)
-  sd, _ = stepping.ancestral_step(_sigma(t), _sigma(t_next), eta)
-  t_down = jnp.where(sd > 0, -jnp.log(jnp.where(sd > 0, sd, 1.0)), t_end)
-  t_next_ = jnp.minimum(t_end, t_down)
-  su = jnp.sqrt(jnp.maximum(_sigma(t_next) ** 2 - _sigma(t_next_) ** 2, 0.0))
+  sigma_next = _sigma(t_next)
+  sd, su = stepping.ancestral_step(_sigma(t), sigma_next, eta)
+  t_down = jnp.where((sd > 0) & (su < sigma_next), -jnp.log(jnp.where(sd > 0, sd, 1.0)), t_end)
+  t_next_ = jnp.where(su > 0, jnp.minimum(t_end, t_down), t_next)
+  # su = sqrt(sigma(t_next)^2 - sigma(t_next')^2): sigma_up, or with t_next' clamped to t_end,
+  # the factored difference of squares (exactly 0 for equal levels; see edm.edm_sample).
+  sigma_end = _sigma(t_end)
+  su = jnp.where(
+    t_down <= t_end,
+    su,
+    jnp.sqrt(jnp.maximum((sigma_next - sigma_end) * (sigma_next + sigma_end), 0.0)),
+  )
   return t_next_, su
 
 

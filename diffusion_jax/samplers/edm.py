@@ -102,7 +102,9 @@ def edm_sample(
         z = jnp.asarray(noise_fn(i, t_cur, t_next), x.dtype).reshape(x.shape)
       else:
         z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
-      x_hat = x + jnp.sqrt(jnp.maximum(t_hat**2 - t_cur**2, 0.0)) * s_noise * z
+      # sqrt(t_hat^2 - t_cur^2) as t_cur sqrt(gamma (2 + gamma)): exactly 0 at gamma = 0
+      # (the difference of squares is not, once XLA fuses it into an FMA).
+      x_hat = x + t_cur * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z
     else:
       t_hat, x_hat = t_cur, x
     out, state = fn(x_hat, t_hat, state)

@@ -167,7 +167,8 @@ def dpm_2(
     sigma_hat = sigma * (1.0 + gamma)
     if stochastic:
       z = stepping.unit_noise(rng, noise_fn, i, sigma, sigma_next, x)
-      x = x + z * (s_noise * jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma**2, 0.0))).astype(dtype)
+      # sqrt(sigma_hat^2 - sigma^2), exactly 0 at gamma = 0 (see edm.edm_sample).
+      x = x + z * (s_noise * sigma * jnp.sqrt(gamma * (2.0 + gamma))).astype(dtype)
     denoised, state = fn(x, sigma_hat, state)
     d = stepping.to_d(x, sigma_hat, denoised)
 
@@ -203,6 +204,16 @@ def _ancestral_setup(name: str, eta: Any, s_noise: Any, rng: Any, noise_fn: Any)
   return noisy
 
 
+def _ancestral_step(sigma, sigma_next, eta):
+  """`stepping.ancestral_step` with sigma_down exactly 0 where sigma_up = sigma_next.
+
+  (There sqrt(sigma_next^2 - sigma_up^2) comes out near sqrt(ulp) sigma, not 0, once XLA
+  fuses the difference of squares into an FMA; k-diffusion's float64 gives 0.)
+  """
+  sigma_down, sigma_up = stepping.ancestral_step(sigma, sigma_next, eta)
+  return jnp.where(sigma_up >= sigma_next, 0.0, sigma_down), sigma_up
+
+
 def euler_ancestral(
   denoise_fn: Callable,
   x: jax.Array,
@@ -232,7 +243,7 @@ def euler_ancestral(
     x, state = carry
     i, sigma, sigma_next = xs
     denoised, state = fn(x, sigma, state)
-    sigma_down, sigma_up = stepping.ancestral_step(sigma, sigma_next, eta)
+    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
     x = x + stepping.to_d(x, sigma, denoised) * (sigma_down - sigma)
     if noisy:
       z = stepping.unit_noise(rng, noise_fn, i, sigma, sigma_next, x)
@@ -276,7 +287,7 @@ def dpm_2_ancestral(
     x, state = carry
     i, sigma, sigma_next = xs
     denoised, state = fn(x, sigma, state)
-    sigma_down, sigma_up = stepping.ancestral_step(sigma, sigma_next, eta)
+    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
     d = stepping.to_d(x, sigma, denoised)
 
     def euler_step(x, state):
@@ -334,7 +345,7 @@ def dpmpp_2s_ancestral(
     x, state = carry
     i, sigma, sigma_next = xs
     denoised, state = fn(x, sigma, state)
-    sigma_down, sigma_up = stepping.ancestral_step(sigma, sigma_next, eta)
+    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
 
     def euler_step(x, state):
       return x + stepping.to_d(x, sigma, denoised) * (sigma_down - sigma), state
@@ -443,12 +454,12 @@ def dpmpp_sde(
           z2 = stepping.unit_noise(None, noise_fn, i, sigma, s_next, x)
         else:
           z1, z2 = brownian_pair(rng, i, sigma, sigma_s, s_next, x)
-      sd, su = stepping.ancestral_step(sigma, sigma_s, eta)
+      sd, su = _ancestral_step(sigma, sigma_s, eta)
       x_2 = update(x, sigma, sd, denoised)
       if noisy:
         x_2 = x_2 + z1 * (s_noise * su).astype(dtype)
       denoised_2, state = fn(x_2.astype(dtype), sigma_s, state)
-      sd, su = stepping.ancestral_step(sigma, s_next, eta)
+      sd, su = _ancestral_step(sigma, s_next, eta)
       x = update(x, sigma, sd, (1.0 - fac) * denoised + fac * denoised_2)
       if noisy:
         x = x + z2 * (s_noise * su).astype(dtype)
