@@ -13,12 +13,25 @@ The registry (`registry.py`, built-in entries in `builtin.py`) is the dispatch f
     samplers.nfe(settings, objective)
 
 and `@samplers.register(name, nfe=..., needs=...)` adds one from anywhere.
+
+The fast samplers (k-diffusion's and diffusers' families: euler_ancestral, dpm_2,
+dpmpp_2m, dpmpp_3m, dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde, lms, dpm_fast,
+dpm_adaptive, unipc, deis, and euler / heun under those names) share one contract
+(`stepping.py`), are registered from `fast.py` and are callable directly:
+
+    x0 = samplers.dpmpp_2m(D, z * sigmas[0], sigmas)
+    x0 = samplers.dpmpp_2m_sde(D, z * sigmas[0], sigmas, rng=key, eta=1.0)
 """
 
-from diffusion_jax.samplers import builtin  # noqa: F401  (registers the built-in entries)
+from diffusion_jax.samplers import (
+  builtin,  # noqa: F401  (registers the built-in entries)
+  fast,  # noqa: F401  (registers the fast samplers)
+)
 from diffusion_jax.samplers.chen import DDPM_VARIANCES as CHEN_DDPM_VARIANCES
 from diffusion_jax.samplers.chen import chen_sample
+from diffusion_jax.samplers.deis import deis
 from diffusion_jax.samplers.discrete import ddim_encode, ddim_sample, ddpm_sample
+from diffusion_jax.samplers.dpm_solver import dpm_adaptive, dpm_fast
 from diffusion_jax.samplers.edm import edm_nfe, edm_sample
 from diffusion_jax.samplers.exact import (
   GaussianMixture,
@@ -31,6 +44,7 @@ from diffusion_jax.samplers.guidance import (
   classifier_free_guidance,
 )
 from diffusion_jax.samplers.langevin import langevin_sample
+from diffusion_jax.samplers.multistep import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, lms
 from diffusion_jax.samplers.registry import (
   NEEDS,
   Sampler,
@@ -42,6 +56,16 @@ from diffusion_jax.samplers.registry import (
   sample,
 )
 from diffusion_jax.samplers.settings import SampleSettings
+from diffusion_jax.samplers.single_step import (
+  dpm_2,
+  dpm_2_ancestral,
+  dpmpp_2s_ancestral,
+  dpmpp_sde,
+  euler,
+  euler_ancestral,
+  heun,
+)
+from diffusion_jax.samplers.unipc import unipc
 
 __all__ = [
   'CHEN_DDPM_VARIANCES',
@@ -56,15 +80,31 @@ __all__ = [
   'ddim_encode',
   'ddim_sample',
   'ddpm_sample',
+  'deis',
+  'dpm_2',
+  'dpm_2_ancestral',
+  'dpm_adaptive',
+  'dpm_fast',
+  'dpmpp_2m',
+  'dpmpp_2m_sde',
+  'dpmpp_2s_ancestral',
+  'dpmpp_3m',
+  'dpmpp_3m_sde',
+  'dpmpp_sde',
   'edm_nfe',
   'edm_sample',
+  'euler',
+  'euler_ancestral',
   'gaussian_mixture_denoiser',
   'get',
+  'heun',
   'langevin_sample',
+  'lms',
   'names',
   'nfe',
   'point_set_denoiser',
   'register',
   'resolve',
   'sample',
+  'unipc',
 ]
