@@ -1,4 +1,4 @@
-"""UniPC and DEIS (samplers/unipc.py, samplers/deis.py) against float64 transcriptions.
+"""UniPC and DEIS (samplers/unipc_multistep.py, deis_multistep.py) vs float64 transcriptions.
 
 The transcriptions below follow diffusers 0.42.1's UniPCMultistepScheduler and
 DEISMultistepScheduler step by step in their own VP form (x_vp = alpha x, alpha_t, sigma_t,
@@ -15,7 +15,8 @@ import pytest
 from mixture_reference import MIXTURE, NUM, assert_matches_mixture, np_denoise
 
 from diffusion_jax import samplers, schedules
-from diffusion_jax.samplers import deis, unipc
+from diffusion_jax.samplers import deis_multistep as deis
+from diffusion_jax.samplers import unipc_multistep as unipc
 
 TABLE = schedules.DiscreteSchedule.from_name('linear', 1000)
 BATCH = 64

@@ -29,7 +29,7 @@ from diffusion_jax.samplers import (
 )
 from diffusion_jax.samplers.chen import DDPM_VARIANCES as CHEN_DDPM_VARIANCES
 from diffusion_jax.samplers.chen import chen_sample
-from diffusion_jax.samplers.deis import deis
+from diffusion_jax.samplers.deis_multistep import deis
 from diffusion_jax.samplers.discrete import ddim_encode, ddim_sample, ddpm_sample
 from diffusion_jax.samplers.dpm_solver import dpm_adaptive, dpm_fast
 from diffusion_jax.samplers.edm import edm_nfe, edm_sample
@@ -65,7 +65,7 @@ from diffusion_jax.samplers.single_step import (
   euler_ancestral,
   heun,
 )
-from diffusion_jax.samplers.unipc import unipc
+from diffusion_jax.samplers.unipc_multistep import unipc
 
 __all__ = [
   'CHEN_DDPM_VARIANCES',

@@ -38,16 +38,17 @@ def check_sigmas(sigmas: Any, name: str = 'sigmas', *, allow_final_zero: bool = 
   s = concrete_or_none(sigmas)
   if s is None:
     return
+  shown = np.array2string(s.ravel(), precision=4, threshold=8, edgeitems=3, max_line_width=10**6)
   if s.ndim != 1 or s.shape[0] < 2:
     raise ValueError(
       f'{name} must be a 1-D array with at least 2 noise levels (a start and an end); '
       f'got shape {s.shape}. Build one with schedules.karras_sigmas(n) for n >= 1.'
     )
   if not np.all(np.isfinite(s)):
-    raise ValueError(f'{name} must be finite; got {s}.')
+    raise ValueError(f'{name} must be finite; got {shown}.')
   if np.any(np.diff(s) >= 0):
     raise ValueError(
-      f'{name} must be strictly decreasing (largest noise level first); got {s}. '
+      f'{name} must be strictly decreasing (largest noise level first); got {shown}. '
       'Reverse the grid or remove repeated levels.'
     )
   body = s[:-1] if allow_final_zero else s
@@ -55,7 +56,7 @@ def check_sigmas(sigmas: Any, name: str = 'sigmas', *, allow_final_zero: bool = 
     raise ValueError(
       f'{name} must be positive'
       + (' (only the last entry may be 0)' if allow_final_zero else '')
-      + f'; got {s}.'
+      + f'; got {shown}.'
     )
 
 

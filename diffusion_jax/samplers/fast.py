@@ -21,10 +21,17 @@ from typing import Any
 import jax
 
 from diffusion_jax import schedules
-from diffusion_jax.samplers import deis, dpm_solver, multistep, single_step, stepping, unipc
+from diffusion_jax.samplers import (
+  deis_multistep,
+  dpm_solver,
+  multistep,
+  single_step,
+  stepping,
+  unipc_multistep,
+)
 from diffusion_jax.samplers.registry import register
 
-FAMILIES = (single_step, dpm_solver, multistep, unipc, deis)
+FAMILIES = (single_step, dpm_solver, multistep, unipc_multistep, deis_multistep)
 
 
 def sampling_sigmas(settings: Any, objective: Any) -> jax.Array:

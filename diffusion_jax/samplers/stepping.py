@@ -145,7 +145,9 @@ def ancestral_step(
   safe_from = jnp.where(sigma_from > 0, sigma_from, 1.0)
   var = sigma_to**2 * jnp.maximum(sigma_from**2 - sigma_to**2, 0.0) / safe_from**2
   sigma_up = jnp.minimum(sigma_to, eta * jnp.sqrt(var))
-  sigma_down = jnp.sqrt(jnp.maximum(sigma_to**2 - sigma_up**2, 0.0))
+  # A product, not a difference of squares: exactly 0 where sigma_up is clipped to sigma_to
+  # (XLA fuses the difference of squares into an FMA that leaves a residue).
+  sigma_down = jnp.sqrt(jnp.maximum((sigma_to - sigma_up) * (sigma_to + sigma_up), 0.0))
   return sigma_down, sigma_up
 
 

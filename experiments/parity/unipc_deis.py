@@ -67,7 +67,8 @@ def cases() -> Iterator[dict]:
   from diffusers import DEISMultistepScheduler, UniPCMultistepScheduler
 
   from diffusion_jax import schedules
-  from diffusion_jax.samplers import deis, unipc
+  from diffusion_jax.samplers import deis_multistep as deis
+  from diffusion_jax.samplers import unipc_multistep as unipc
 
   _, np_denoise = _mixture()
   table = schedules.DiscreteSchedule.from_name('linear', 1000)
