@@ -2,6 +2,7 @@
 
     python -m benchmarks.samplers            # full run
     python -m benchmarks.samplers --quick    # smaller model and sample sizes (smoke run)
+    python -m benchmarks.samplers --fast     # the fast samplers: (a) for three, and (c)
 
 (a) Overhead: a RIN of the CIFAR-10 size (3 blocks x 2 compute layers, 128 x 512
     latents, tape 256, patch 2, 32x32x3, latent self-conditioning carried between
@@ -13,8 +14,9 @@
     stochastic EDM, DDIM (eta = 0) and DDPM (small variance) against the mixture,
     measured by the sliced Wasserstein-2 distance to a large reference sample
     and the largest error of the per-component variances.
-(c) The same for every fast sampler (k-diffusion's and diffusers' families), with the
-    RMS distance to the exact ODE solution from the same start for the ODE samplers.
+(c) `--fast`: the same for every fast sampler (k-diffusion's and diffusers' families),
+    with the RMS distance to the exact ODE solution from the same start for the ODE
+    samplers, and (a) for three of them; written to its own section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def _min_time(fn, *args, reps: int) -> tuple[float, float]:
 FAST_OVERHEAD = ('dpmpp_2m', 'unipc', 'dpmpp_2m_sde')
 
 
-def overhead_table(quick: bool, batch: int, nfes: tuple[int, ...] = ()) -> str:
+def overhead_table(
+  quick: bool, batch: int, nfes: tuple[int, ...] = (), kinds: tuple[str, ...] = ()
+) -> str:
   cfg = _rin_config(quick)
   model = models.create_model(cfg)
   shape = (batch, cfg.image_size, cfg.image_size, cfg.num_channels)
@@ -141,7 +145,7 @@ def overhead_table(quick: bool, batch: int, nfes: tuple[int, ...] = ()) -> str:
   rows = []
   t_fwd_all = []
   for nfe in nfes:
-    for kind in ('chen (DDPM)', 'ddpm', 'edm heun', *FAST_OVERHEAD):
+    for kind in kinds or ('chen (DDPM)', 'ddpm', 'edm heun', *FAST_OVERHEAD):
       true_nfe, fn = make(kind, nfe)
       t_sample, c_sample = _min_time(fn, params, x, jax.random.key(2), reps=reps)
       # The forward pass is timed right after, so both see the same machine load.
@@ -333,25 +337,38 @@ def main() -> None:
   parser.add_argument('--batch', type=int, default=2, help='images per sampler call in (a)')
   parser.add_argument('--skip_overhead', action='store_true', help='only run part (b)')
   parser.add_argument('--nfes', default='', help="NFEs for (a), e.g. '10,50' (default 10,50,250)")
+  parser.add_argument(
+    '--fast', action='store_true', help='only the fast samplers: (a) for three of them and (c)'
+  )
   args = parser.parse_args()
   parts = []
   nfes = tuple(int(v) for v in args.nfes.split(',') if v)
-  if not args.skip_overhead:
-    parts.append(
-      '### (a) Sampler loop overhead over the network\n\n'
-      + overhead_table(args.quick, args.batch, nfes)
-    )
-  parts.append('### (b) Sample error vs. NFE (exact denoiser)\n\n' + error_table(args.quick))
-  parts.append(
-    '### (c) Every fast sampler: error vs. NFE (exact denoiser)\n\n' + fast_table(args.quick)
-  )
+  if args.fast:
+    if not args.skip_overhead:
+      parts.append(
+        '### Loop overhead over the network\n\n'
+        + overhead_table(args.quick, args.batch, nfes, ('edm heun', *FAST_OVERHEAD))
+      )
+    parts.append('### Error vs. NFE (exact denoiser)\n\n' + fast_table(args.quick))
+  else:
+    if not args.skip_overhead:
+      parts.append(
+        '### (a) Sampler loop overhead over the network\n\n'
+        + overhead_table(args.quick, args.batch, nfes)
+      )
+    parts.append('### (b) Sample error vs. NFE (exact denoiser)\n\n' + error_table(args.quick))
   command = 'python -m benchmarks.samplers' + (' --quick' if args.quick else '')
+  if args.fast:
+    command += ' --fast'
   if args.skip_overhead:
     command += ' --skip_overhead'
   if args.nfes:
     command += f' --nfes {args.nfes}'
   if args.batch != 2:
     command += f' --batch {args.batch}'
+  if args.fast:
+    report.write_section('fast_samplers', 'Fast samplers', '\n\n'.join(parts), command)
+    return
   report.write_section('samplers', 'Samplers', '\n\n'.join(parts), command)
 
 

@@ -27,7 +27,10 @@ def main() -> None:
   parser.add_argument('--families', default=','.join(FAMILIES))
   args = parser.parse_args()
   rows = []
+  import torch
+
   for family in args.families.split(','):
+    torch.set_default_dtype(torch.float32)  # a family may switch it to float64 for itself
     module = importlib.import_module(f'experiments.parity.{family}')
     for case in module.cases():
       row = (
