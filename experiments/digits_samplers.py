@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from configs import digits
-from diffusion_jax import build, generation, samplers
+from diffusion_jax import build, generation, objectives, samplers
 from diffusion_jax import config as config_lib
 from diffusion_jax.evaluation import digits_metric
 from diffusion_jax.evaluation.evaluate import class_balanced_labels
@@ -40,11 +40,13 @@ def _settings_for(name: str, target: int) -> tuple[config_lib.RunConfig, int]:
   """The digits run with `name` and the most steps whose NFE is at most `target`."""
   config = digits.get_config()
   config.sample.sampler = name
+  objective = None
   best = None
   for steps in range(1, target + 1):
     config.sample.num_steps = steps
     run = config_lib.build_run_config(config)
-    nfe = samplers.nfe(run.sample, build.build(run).objective)
+    objective = objective or objectives.create_objective(run.diffusion, run.model)
+    nfe = samplers.nfe(run.sample, objective)
     if nfe <= target:
       best = (run, nfe)
   return best
