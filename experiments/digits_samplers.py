@@ -68,6 +68,7 @@ def score(name: str, target: int, workdir: str, metric, num: int) -> dict:
 
 def figure(rows: list[dict], baseline: dict, real: dict, out_dir: str) -> str:
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for name in dict.fromkeys(r['sampler'] for r in rows):
@@ -78,10 +79,13 @@ def figure(rows: list[dict], baseline: dict, real: dict, out_dir: str) -> str:
     ax.axhline(baseline[key], color='k', ls='--', lw=1, label=f'chen_ddpm, NFE {baseline["nfe"]}')
     ax.axhline(real[key], color='gray', ls=':', lw=1, label='real test split')
     ax.set_xscale('log')
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
     ax.set_xticks(NFES, [str(n) for n in NFES])
     ax.set_xlabel('NFE')
     ax.set_title(title)
   axes[1].set_yscale('log')
+  axes[1].set_yticks([5, 10, 20, 50], ['5', '10', '20', '50'])
+  axes[1].yaxis.set_minor_formatter(ticker.NullFormatter())
   axes[1].legend(fontsize=7)
   return report.save_figure(fig, NAME, out_dir)
 
@@ -93,7 +97,16 @@ def main() -> None:
   parser.add_argument('--samplers', default='')
   parser.add_argument('--num_samples', type=int, default=1000)
   parser.add_argument('--out_dir', default='experiments/results')
+  parser.add_argument(
+    '--replot', action='store_true', help='redraw the page from its saved rows (no sampling)'
+  )
   args = parser.parse_args()
+  rows_path = os.path.join(args.out_dir, f'{NAME}.json')
+  if args.replot:
+    with open(rows_path) as f:
+      saved = json.load(f)
+    write(saved['rows'], saved['baseline'], saved['real'], saved['names'], args)
+    return
   metric = digits_metric.DigitsMetric(16, cache_dir=os.path.join(args.workdir, 'eval'))
   if args.screen:
     from diffusion_jax.samplers import fast
@@ -101,6 +114,8 @@ def main() -> None:
     # dpm_adaptive picks its own NFE (see benchmarks.samplers for it).
     names = sorted(set(fast.NAMES) - {'dpm_adaptive'})
     rows = [score(n, 10, args.workdir, metric, 500) for n in names]
+    with open(os.path.join(args.out_dir, f'{NAME}_screen.json'), 'w') as f:
+      json.dump(rows, f, indent=1)
     for r in sorted(rows, key=lambda r: r['frechet']):
       print(f'{r["sampler"]:20s} NFE {r["nfe"]:3d}  acc {r["accuracy"]:.3f}  FD {r["frechet"]:.2f}')
     return
@@ -108,6 +123,13 @@ def main() -> None:
   rows = [score(n, t, args.workdir, metric, args.num_samples) for n in names for t in NFES]
   baseline = score('chen_ddpm', 100, args.workdir, metric, args.num_samples)
   real = metric.real
+  with open(rows_path, 'w') as f:
+    json.dump({'rows': rows, 'baseline': baseline, 'real': real, 'names': names}, f, indent=1)
+  write(rows, baseline, real, names, args)
+
+
+def write(rows: list[dict], baseline: dict, real: dict, names: list[str], args) -> None:
+  """The page experiments/results/digits_samplers.{md,png} from the scored rows."""
   path = figure(rows, baseline, real, args.out_dir)
   table = report.markdown_table(
     ['sampler', 'NFE', 'steps', 'class accuracy', 'Frechet distance', 'seconds'],
@@ -135,6 +157,20 @@ def main() -> None:
     f'{real["accuracy"]:.3f}, Frechet {real["frechet"]:.2f}. Seconds: sampling on a '
     'shared 2-core CPU.\n\n' + table
   )
+  screen_path = os.path.join(args.out_dir, f'{NAME}_screen.json')
+  if os.path.isfile(screen_path):
+    with open(screen_path) as f:
+      screen = sorted(json.load(f), key=lambda r: r['frechet'])
+    body += (
+      '\n\nThe screen (`--screen`): every fast sampler at NFE 10 (or 9), 500 samples, best '
+      "Frechet first. The ODE samplers, Chen 2023's own DDIM included (Frechet 45.9 at NFE "
+      '10 and 59.3 at 40 on the same protocol), converge to a worse distribution than the '
+      'stochastic ones on this small guided model: here noise injection pays.\n\n'
+      + report.markdown_table(
+        ['sampler', 'NFE', 'class accuracy', 'Frechet distance'],
+        [[r['sampler'], r['nfe'], f'{r["accuracy"]:.3f}', f'{r["frechet"]:.2f}'] for r in screen],
+      )
+    )
   with open(os.path.join(args.out_dir, f'{NAME}.md'), 'w') as f:
     f.write(f'# Digits: which sampler (accuracy and Frechet vs NFE)\n\n![{NAME}]({NAME}.png)\n\n')
     f.write(body + '\n')
