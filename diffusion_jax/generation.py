@@ -22,6 +22,7 @@ import numpy as np
 from diffusion_jax import build as build_lib
 from diffusion_jax import config as config_lib
 from diffusion_jax.training import checkpointing
+from diffusion_jax.training import progress as progress_lib
 
 SampleFn = Callable[[np.ndarray, jax.Array], np.ndarray]
 
@@ -194,6 +195,8 @@ def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[Sa
     labels = np.asarray(labels, np.int32).reshape(-1)
     traced = {k: jnp.asarray(v, jnp.float32) for k, v in overrides.items()} or None
     out = []
+    meter = progress_lib.Throughput('sampled', len(labels))
+    meter.begin()
     for i, start in enumerate(range(0, len(labels), bs)):
       chunk = labels[start : start + bs]
       padded = np.pad(chunk, (0, bs - len(chunk)))
@@ -207,6 +210,8 @@ def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[Sa
         traced,
       )
       out.append(to_uint8(jax.device_get(images))[: len(chunk)])
+      if len(labels) > bs and jax.process_index() == 0:
+        logging.info('%s', meter.line(start + len(chunk)))
     return np.concatenate(out, axis=0)
 
   return sample_fn, step

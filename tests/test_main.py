@@ -69,6 +69,9 @@ def test_train_then_sample_with_config_overrides(tmp_path, monkeypatch):
   assert os.path.exists(os.path.join(workdir, 'samples', 'step_000002.png'))
   # Summaries for TensorBoard were written by process 0.
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+  # The settings and the parameter table go to files, not the console.
+  assert os.path.isfile(os.path.join(workdir, 'hparams.json'))
+  assert os.path.isfile(os.path.join(workdir, 'parameters.txt'))
 
   _run(
     [config, f'--workdir={workdir}', '--mode=sample', '--config.sample.num_samples=10'],

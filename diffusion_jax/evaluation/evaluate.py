@@ -184,6 +184,10 @@ def sample_batches(sample_fn: SampleFn, run: RunConfig) -> Iterator[tuple[np.nda
   settings = run.eval
   key = jax.random.key(settings.seed)
   takes_labels = _takes_labels(sample_fn)
+  from diffusion_jax.training import progress
+
+  meter = progress.Throughput('eval: sampled', settings.num_samples)
+  meter.begin()
   for i, start in enumerate(range(0, settings.num_samples, settings.batch_size)):
     n = min(settings.batch_size, settings.num_samples - start)
     rng = jax.random.fold_in(key, i)
@@ -193,6 +197,8 @@ def sample_batches(sample_fn: SampleFn, run: RunConfig) -> Iterator[tuple[np.nda
     else:
       out = sample_fn(n, rng)
       images, labels = out if isinstance(out, tuple) else (out, np.full((n,), -1, np.int32))
+    if jax.process_index() == 0:
+      logging.info('%s', meter.line(start + n))
     yield _as_float_images(images, n, run), np.asarray(labels, np.int32).reshape(-1)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from diffusion_jax import build as build_lib
 from diffusion_jax import config as config_lib
 from diffusion_jax import generation
 from diffusion_jax.training import checkpointing
+from diffusion_jax.training import progress as progress_lib
 from diffusion_jax.training.state import TrainState
 from diffusion_jax.training.step import (
   StepCallback,
@@ -120,7 +122,11 @@ def train_and_evaluate(
   is_chief = jax.process_index() == 0
   if is_chief:
     os.makedirs(workdir, exist_ok=True)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  # TensorBoard only: the console gets one compact progress line per log interval.
+  if is_chief:
+    writer = metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
+  else:
+    writer = metric_writers.MultiWriter([])
   grid = generation.GridSampler.create(setup.components)
   t = run.training
   ckpt = checkpointing.Checkpointer(workdir, save_every=t.checkpoint_every, keep=t.keep_checkpoints)
@@ -132,10 +138,30 @@ def train_and_evaluate(
     if state is None:
       state = setup.init_state(jax.random.PRNGKey(run.seed))
       writer.write_hparams(run.hparams())
+    if is_chief:
+      _write_run_files(workdir, run, state.params)
     loop = _Loop(setup, ckpt, writer, grid, workdir, step_callback)
     state = loop.run(state, step)
     ckpt.wait_until_finished()
   return state
+
+
+def _write_run_files(workdir: str, run: config_lib.RunConfig, params: Any) -> None:
+  """workdir/hparams.json (every setting) and workdir/parameters.txt (the parameter table).
+
+  At ImageNet size the table has hundreds of rows: it goes to a file, the console gets
+  one line.
+  """
+  from clu import parameter_overview
+
+  with open(os.path.join(workdir, 'hparams.json'), 'w') as f:
+    json.dump(run.hparams(), f, indent=1, sort_keys=True)
+  table = parameter_overview.get_parameter_overview(params, include_stats=False)
+  path = os.path.join(workdir, 'parameters.txt')
+  with open(path, 'w') as f:
+    f.write(table + '\n')
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  logging.info('Model: %s parameters (table: %s; settings: hparams.json).', f'{count:,}', path)
 
 
 def _restore(ckpt: checkpointing.Checkpointer, setup: TrainSetup) -> tuple[Any, int]:
@@ -156,6 +182,26 @@ class _Loop:
   grid: generation.GridSampler
   workdir: str
   step_callback: StepCallback | None
+  progress: progress_lib.TrainProgress | None = None
+
+  def _start_progress(self, state, batch, step: int, metrics: dict) -> progress_lib.TrainProgress:
+    """The progress meter, its FLOPs per step from XLA's cost analysis of the train step."""
+    run, setup = self.setup.components.run, self.setup
+    flops = peak = None
+    lower = getattr(setup.train_step, 'lower', None)  # None: a wrapped (test) step
+    if jax.process_index() == 0 and lower is not None:
+      abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), (state, batch)
+      )
+      flops = progress_lib.step_flops(lower(*abstract))
+      per_device = progress_lib.peak_flops(jax.devices()[0].device_kind)
+      peak = per_device * jax.device_count() if per_device else None
+    jax.block_until_ready(metrics['loss'])
+    meter = progress_lib.TrainProgress(
+      run.training.num_steps, run.global_batch_size, flops_per_step=flops, peak=peak
+    )
+    meter.start(step)
+    return meter
 
   def _hooks(self) -> list:
     from clu import periodic_actions
@@ -163,20 +209,16 @@ class _Loop:
     if jax.process_index() != 0:
       return []
     t = self.setup.components.run.training
-    hooks = [periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=self.writer)]
+    hooks = []
     if t.profile:
       hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=self.workdir))
     return hooks
 
   def run(self, state: TrainState, step: int) -> TrainState:
     """Trains from `step` to num_steps; returns early (saved) on a stop request."""
-    from clu import parameter_overview
-
     from diffusion_jax.data import input_pipeline
 
     run, setup = self.setup.components.run, self.setup
-    if jax.process_index() == 0:
-      parameter_overview.log_parameter_overview(state.params, msg='Model parameters')
     data: Iterator[dict] = input_pipeline.create_input_iter(
       run.data,
       run.global_batch_size,
@@ -194,6 +236,8 @@ class _Loop:
           batch = to_global_batch(next(data), setup.batch_sharding)
           state, metrics = setup.train_step(state, batch)
         step += 1
+        if self.progress is None:  # after the first (compiling) step: the rates' origin
+          self.progress = self._start_progress(state, batch, step, metrics)
         buffer.append((step, metrics))
         # Bound how far Python runs ahead of the devices, so a stop request (SIGTERM
         # grace periods are short) is served within a couple of steps.
@@ -224,7 +268,11 @@ class _Loop:
       # Checked before every save, so a NaN state never reaches a checkpoint.
       check_finite(buffer)
     if due_log:
-      self.writer.write_scalars(step, summarize(buffer))
+      scalars = summarize(buffer)
+      line, rates = self.progress.report(step, scalars['loss'])
+      if jax.process_index() == 0:
+        logging.info('%s', line)
+      self.writer.write_scalars(step, {**scalars, **rates})
       buffer = []
     if due_ckpt:
       self.ckpt.save(step, state, force=True)
