@@ -353,19 +353,7 @@ def adaptive_nfe(num_steps: int, order: int = 3, max_steps: int = 1000, **_: Any
   return int(order) * common.check_steps(max_steps, 'max_steps')
 
 
-_ADAPTIVE = (
-  'order',
-  'rtol',
-  'atol',
-  'h_init',
-  'pcoeff',
-  'icoeff',
-  'dcoeff',
-  'accept_safety',
-  'eta',
-  's_noise',
-  'max_steps',
-)
+_ADAPTIVE = ('order', *stepping.ADAPTIVE_KEYS, 'eta', 's_noise', 'max_steps')
 
 FAST_SAMPLERS: dict[str, stepping.FastSampler] = {
   'dpm_fast': stepping.FastSampler(

@@ -254,9 +254,40 @@ def _multistep(
   return x
 
 
-def _check_style(name: str, multistep_style: str, lower_order_final: Any) -> None:
+def _ode(
+  name, order, second, denoise_fn, x, sigmas, multistep_style, lower_order_final, init_state
+):
+  """The deterministic DPM-Solver++ multistep samplers (2M, 3M) after their option checks."""
   stepping.check_choice(name, 'multistep_style', multistep_style, STYLES)
   stepping.check_choice(name, 'lower_order_final', lower_order_final, (True, False))
+  return _multistep(
+    name,
+    denoise_fn,
+    x,
+    sigmas,
+    init_state,
+    order=order,
+    orders_fn=lambda n: _orders(n, order, multistep_style, bool(lower_order_final)),
+    second=second,
+  )
+
+
+def _sde(name, order, second, denoise_fn, x, sigmas, eta, s_noise, rng, noise_fn, init_state):
+  """The DPM-Solver++ multistep SDE samplers (2M SDE, 3M SDE): k-diffusion's step orders."""
+  return _multistep(
+    name,
+    denoise_fn,
+    x,
+    sigmas,
+    init_state,
+    order=order,
+    orders_fn=lambda n: _orders(n, order, 'k_diffusion', False),
+    second=second,
+    eta=eta,
+    s_noise=s_noise,
+    rng=rng,
+    noise_fn=noise_fn,
+  )
 
 
 def dpmpp_2m(
@@ -282,17 +313,8 @@ def dpmpp_2m(
   Source: Lu et al. 2022 (DPM-Solver++), Algorithm 2; k-diffusion `sample_dpmpp_2m`.
   """
   del rng, noise_fn
-  name = 'dpmpp_2m'
-  _check_style(name, multistep_style, lower_order_final)
-  return _multistep(
-    name,
-    denoise_fn,
-    x,
-    sigmas,
-    init_state,
-    order=2,
-    orders_fn=lambda n: _orders(n, 2, multistep_style, bool(lower_order_final)),
-    second='midpoint',
+  return _ode(
+    'dpmpp_2m', 2, 'midpoint', denoise_fn, x, sigmas, multistep_style, lower_order_final, init_state
   )
 
 
@@ -321,17 +343,9 @@ def dpmpp_3m(
   `multistep_dpm_solver_third_order_update`.
   """
   del rng, noise_fn
-  name = 'dpmpp_3m'
-  _check_style(name, multistep_style, lower_order_final)
-  return _multistep(
-    name,
-    denoise_fn,
-    x,
-    sigmas,
-    init_state,
-    order=3,
-    orders_fn=lambda n: _orders(n, 3, multistep_style, bool(lower_order_final)),
-    second='heun' if multistep_style == 'k_diffusion' else 'midpoint',
+  second = 'heun' if multistep_style == 'k_diffusion' else 'midpoint'
+  return _ode(
+    'dpmpp_3m', 3, second, denoise_fn, x, sigmas, multistep_style, lower_order_final, init_state
   )
 
 
@@ -358,20 +372,7 @@ def dpmpp_2m_sde(
   """
   name = 'dpmpp_2m_sde'
   stepping.check_choice(name, 'solver_type', solver_type, SOLVER_TYPES)
-  return _multistep(
-    name,
-    denoise_fn,
-    x,
-    sigmas,
-    init_state,
-    order=2,
-    orders_fn=lambda n: _orders(n, 2, 'k_diffusion', False),
-    second=solver_type,
-    eta=eta,
-    s_noise=s_noise,
-    rng=rng,
-    noise_fn=noise_fn,
-  )
+  return _sde(name, 2, solver_type, denoise_fn, x, sigmas, eta, s_noise, rng, noise_fn, init_state)
 
 
 def dpmpp_3m_sde(
@@ -392,20 +393,8 @@ def dpmpp_3m_sde(
 
   Source: k-diffusion `sample_dpmpp_3m_sde`.
   """
-  name = 'dpmpp_3m_sde'
-  return _multistep(
-    name,
-    denoise_fn,
-    x,
-    sigmas,
-    init_state,
-    order=3,
-    orders_fn=lambda n: _orders(n, 3, 'k_diffusion', False),
-    second='heun',
-    eta=eta,
-    s_noise=s_noise,
-    rng=rng,
-    noise_fn=noise_fn,
+  return _sde(
+    'dpmpp_3m_sde', 3, 'heun', denoise_fn, x, sigmas, eta, s_noise, rng, noise_fn, init_state
   )
 
 

@@ -46,6 +46,27 @@ def _check_churn(name: str, s_churn: Any, s_noise: Any, rng: Any, noise_fn: Any)
   return stochastic
 
 
+def _edm_method(
+  method, denoise_fn, x, sigmas, s_churn, s_tmin, s_tmax, s_noise, rng, noise_fn, init_state
+):
+  """`edm.edm_sample(method=method)` after the churn and grid checks (euler, heun)."""
+  _check_churn(method, s_churn, s_noise, rng, noise_fn)
+  common.check_sigmas(sigmas, f'{method}: sigmas')
+  return edm.edm_sample(
+    denoise_fn,
+    x,
+    sigmas,
+    method=method,
+    s_churn=s_churn,
+    s_tmin=s_tmin,
+    s_tmax=s_tmax,
+    s_noise=s_noise,
+    rng=rng,
+    noise_fn=noise_fn,
+    init_state=init_state,
+  )
+
+
 def euler(
   denoise_fn: Callable,
   x: jax.Array,
@@ -69,21 +90,8 @@ def euler(
 
   Source: k-diffusion `sample_euler`; `edm.edm_sample(method='euler')`.
   """
-  name = 'euler'
-  _check_churn(name, s_churn, s_noise, rng, noise_fn)
-  common.check_sigmas(sigmas, f'{name}: sigmas')
-  return edm.edm_sample(
-    denoise_fn,
-    x,
-    sigmas,
-    method='euler',
-    s_churn=s_churn,
-    s_tmin=s_tmin,
-    s_tmax=s_tmax,
-    s_noise=s_noise,
-    rng=rng,
-    noise_fn=noise_fn,
-    init_state=init_state,
+  return _edm_method(
+    'euler', denoise_fn, x, sigmas, s_churn, s_tmin, s_tmax, s_noise, rng, noise_fn, init_state
   )
 
 
@@ -108,21 +116,8 @@ def heun(
 
   Source: k-diffusion `sample_heun`; `edm.edm_sample(method='heun')`.
   """
-  name = 'heun'
-  _check_churn(name, s_churn, s_noise, rng, noise_fn)
-  common.check_sigmas(sigmas, f'{name}: sigmas')
-  return edm.edm_sample(
-    denoise_fn,
-    x,
-    sigmas,
-    method='heun',
-    s_churn=s_churn,
-    s_tmin=s_tmin,
-    s_tmax=s_tmax,
-    s_noise=s_noise,
-    rng=rng,
-    noise_fn=noise_fn,
-    init_state=init_state,
+  return _edm_method(
+    'heun', denoise_fn, x, sigmas, s_churn, s_tmin, s_tmax, s_noise, rng, noise_fn, init_state
   )
 
 
@@ -161,9 +156,7 @@ def dpm_2(
   s_noise = jnp.asarray(s_noise, jnp.float32)
   dtype = x.dtype
 
-  def body(carry, xs):
-    x, state = carry
-    i, sigma, sigma_next, gamma = xs
+  def step(x, state, i, sigma, sigma_next, gamma):
     sigma_hat = sigma * (1.0 + gamma)
     if stochastic:
       z = stepping.unit_noise(rng, noise_fn, i, sigma, sigma_next, x)
@@ -182,36 +175,43 @@ def dpm_2(
       denoised_2, state = fn(x_2, sigma_mid, state)
       return x + stepping.to_d(x_2, sigma_mid, denoised_2) * (s_next - sigma_hat), state
 
-    x, state = jax.lax.cond(sigma_next > 0, midpoint, to_zero, x, state)
-    return (x.astype(dtype), state), None
+    return jax.lax.cond(sigma_next > 0, midpoint, to_zero, x, state)
 
-  xs = (jnp.arange(n, dtype=jnp.int32), sig[:-1], sig[1:], gammas)
-  (x, _), _ = jax.lax.scan(body, (x, state), xs)
-  return x
+  return stepping.scan_steps(step, x, state, sig, gammas)
 
 
 # ---------------------------------------------------------------------------
 # Ancestral samplers.
 
 
-def _ancestral_setup(name: str, eta: Any, s_noise: Any, rng: Any, noise_fn: Any) -> bool:
-  """Checks eta / s_noise; returns whether noise is drawn (eta traced or != 0)."""
+def _ancestral_setup(
+  name: str,
+  denoise_fn: Callable,
+  x: jax.Array,
+  sigmas: Any,
+  eta: Any,
+  s_noise: Any,
+  rng: Any,
+  noise_fn: Any,
+  init_state: Any,
+) -> tuple[bool, Callable, Any, jax.Array, jax.Array, jax.Array]:
+  """Checks eta / s_noise and the grid: (noisy, fn, state, x, sigmas f32, s_noise f32).
+
+  noisy: whether noise is drawn (eta traced or != 0); the rest as `stepping.prepare`.
+  """
   stepping.check_options(name, eta=eta, s_noise=s_noise)
   eta_static = common.concrete_or_none(eta)
   noisy = eta_static is None or float(eta_static) != 0.0
   if noisy:
     stepping.check_rng(rng, noise_fn, name)
-  return noisy
+  fn, state, x, sig = stepping.prepare(denoise_fn, x, sigmas, init_state, name)
+  return noisy, fn, state, x, sig, jnp.asarray(s_noise, jnp.float32)
 
 
-def _ancestral_step(sigma, sigma_next, eta):
-  """`stepping.ancestral_step` with sigma_down exactly 0 where sigma_up = sigma_next.
-
-  (There sqrt(sigma_next^2 - sigma_up^2) comes out near sqrt(ulp) sigma, not 0, once XLA
-  fuses the difference of squares into an FMA; k-diffusion's float64 gives 0.)
-  """
-  sigma_down, sigma_up = stepping.ancestral_step(sigma, sigma_next, eta)
-  return jnp.where(sigma_up >= sigma_next, 0.0, sigma_down), sigma_up
+def _add_noise(x, rng, noise_fn, i, sigma, sigma_next, scale, dtype):
+  """x + scale z_i, z_i = step i's unit draw (`stepping.unit_noise`); scale cast to dtype."""
+  z = stepping.unit_noise(rng, noise_fn, i, sigma, sigma_next, x)
+  return x + z * scale.astype(dtype)
 
 
 def euler_ancestral(
@@ -234,25 +234,21 @@ def euler_ancestral(
   Source: k-diffusion `sample_euler_ancestral`.
   """
   name = 'euler_ancestral'
-  noisy = _ancestral_setup(name, eta, s_noise, rng, noise_fn)
-  fn, state, x, sig = stepping.prepare(denoise_fn, x, sigmas, init_state, name)
-  n = sig.shape[0] - 1
+  noisy, fn, state, x, sig, s_noise = _ancestral_setup(
+    name, denoise_fn, x, sigmas, eta, s_noise, rng, noise_fn, init_state
+  )
   dtype = x.dtype
 
-  def body(carry, xs):
-    x, state = carry
-    i, sigma, sigma_next = xs
+  def step(x, state, i, sigma, sigma_next):
     denoised, state = fn(x, sigma, state)
-    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
+    sigma_down, sigma_up = stepping.ancestral_step(sigma, sigma_next, eta)
     x = x + stepping.to_d(x, sigma, denoised) * (sigma_down - sigma)
     if noisy:
-      z = stepping.unit_noise(rng, noise_fn, i, sigma, sigma_next, x)
-      x = jnp.where(sigma_next > 0, x + z * (s_noise * sigma_up).astype(dtype), x)
-    return (x.astype(dtype), state), None
+      x_noised = _add_noise(x, rng, noise_fn, i, sigma, sigma_next, s_noise * sigma_up, dtype)
+      x = jnp.where(sigma_next > 0, x_noised, x)
+    return x, state
 
-  xs = (jnp.arange(n, dtype=jnp.int32), sig[:-1], sig[1:])
-  (x, _), _ = jax.lax.scan(body, (x, state), xs)
-  return x
+  return stepping.scan_steps(step, x, state, sig)
 
 
 def dpm_2_ancestral(
@@ -277,17 +273,14 @@ def dpm_2_ancestral(
   Source: k-diffusion `sample_dpm_2_ancestral`.
   """
   name = 'dpm_2_ancestral'
-  noisy = _ancestral_setup(name, eta, s_noise, rng, noise_fn)
-  fn, state, x, sig = stepping.prepare(denoise_fn, x, sigmas, init_state, name)
-  n = sig.shape[0] - 1
+  noisy, fn, state, x, sig, s_noise = _ancestral_setup(
+    name, denoise_fn, x, sigmas, eta, s_noise, rng, noise_fn, init_state
+  )
   dtype = x.dtype
-  s_noise = jnp.asarray(s_noise, jnp.float32)
 
-  def body(carry, xs):
-    x, state = carry
-    i, sigma, sigma_next = xs
+  def step(x, state, i, sigma, sigma_next):
     denoised, state = fn(x, sigma, state)
-    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
+    sigma_down, sigma_up = stepping.ancestral_step(sigma, sigma_next, eta)
     d = stepping.to_d(x, sigma, denoised)
 
     def euler_step(x, state):
@@ -300,16 +293,12 @@ def dpm_2_ancestral(
       denoised_2, state = fn(x_2, sigma_mid, state)
       x = x + stepping.to_d(x_2, sigma_mid, denoised_2) * (s_down - sigma)
       if noisy:
-        z = stepping.unit_noise(rng, noise_fn, i, sigma, sigma_next, x)
-        x = x + z * (s_noise * sigma_up).astype(dtype)
+        x = _add_noise(x, rng, noise_fn, i, sigma, sigma_next, s_noise * sigma_up, dtype)
       return x, state
 
-    x, state = jax.lax.cond(sigma_down > 0, dpm2_step, euler_step, x, state)
-    return (x.astype(dtype), state), None
+    return jax.lax.cond(sigma_down > 0, dpm2_step, euler_step, x, state)
 
-  xs = (jnp.arange(n, dtype=jnp.int32), sig[:-1], sig[1:])
-  (x, _), _ = jax.lax.scan(body, (x, state), xs)
-  return x
+  return stepping.scan_steps(step, x, state, sig)
 
 
 def dpmpp_2s_ancestral(
@@ -335,17 +324,14 @@ def dpmpp_2s_ancestral(
   Algorithm 1.
   """
   name = 'dpmpp_2s_ancestral'
-  noisy = _ancestral_setup(name, eta, s_noise, rng, noise_fn)
-  fn, state, x, sig = stepping.prepare(denoise_fn, x, sigmas, init_state, name)
-  n = sig.shape[0] - 1
+  noisy, fn, state, x, sig, s_noise = _ancestral_setup(
+    name, denoise_fn, x, sigmas, eta, s_noise, rng, noise_fn, init_state
+  )
   dtype = x.dtype
-  s_noise = jnp.asarray(s_noise, jnp.float32)
 
-  def body(carry, xs):
-    x, state = carry
-    i, sigma, sigma_next = xs
+  def step(x, state, i, sigma, sigma_next):
     denoised, state = fn(x, sigma, state)
-    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
+    sigma_down, sigma_up = stepping.ancestral_step(sigma, sigma_next, eta)
 
     def euler_step(x, state):
       return x + stepping.to_d(x, sigma, denoised) * (sigma_down - sigma), state
@@ -360,13 +346,11 @@ def dpmpp_2s_ancestral(
 
     x, state = jax.lax.cond(sigma_down > 0, dpmpp_step, euler_step, x, state)
     if noisy:
-      z = stepping.unit_noise(rng, noise_fn, i, sigma, sigma_next, x)
-      x = jnp.where(sigma_next > 0, x + z * (s_noise * sigma_up).astype(dtype), x)
-    return (x.astype(dtype), state), None
+      x_noised = _add_noise(x, rng, noise_fn, i, sigma, sigma_next, s_noise * sigma_up, dtype)
+      x = jnp.where(sigma_next > 0, x_noised, x)
+    return x, state
 
-  xs = (jnp.arange(n, dtype=jnp.int32), sig[:-1], sig[1:])
-  (x, _), _ = jax.lax.scan(body, (x, state), xs)
-  return x
+  return stepping.scan_steps(step, x, state, sig)
 
 
 def brownian_pair(
@@ -421,14 +405,13 @@ def dpmpp_sde(
   Eq. 18 (SDE form).
   """
   name = 'dpmpp_sde'
-  noisy = _ancestral_setup(name, eta, s_noise, rng, noise_fn)
+  noisy, fn, state, x, sig, s_noise = _ancestral_setup(
+    name, denoise_fn, x, sigmas, eta, s_noise, rng, noise_fn, init_state
+  )
   r_static = common.concrete_or_none(r)
   if r_static is not None and (r_static.shape != () or not 0 < float(r_static) <= 1):
     raise ValueError(f'{name}: r={r!r} must be a scalar in (0, 1].')
-  fn, state, x, sig = stepping.prepare(denoise_fn, x, sigmas, init_state, name)
-  n = sig.shape[0] - 1
   dtype = x.dtype
-  s_noise = jnp.asarray(s_noise, jnp.float32)
   r = jnp.asarray(r, jnp.float32)
   fac = 0.5 / r
 
@@ -436,9 +419,7 @@ def dpmpp_sde(
     ratio = sigma_down / sigma
     return ratio * x + (1.0 - ratio) * m
 
-  def body(carry, xs):
-    x, state = carry
-    i, sigma, sigma_next = xs
+  def step(x, state, i, sigma, sigma_next):
     denoised, state = fn(x, sigma, state)
 
     def to_zero(x, state):
@@ -454,23 +435,20 @@ def dpmpp_sde(
           z2 = stepping.unit_noise(None, noise_fn, i, sigma, s_next, x)
         else:
           z1, z2 = brownian_pair(rng, i, sigma, sigma_s, s_next, x)
-      sd, su = _ancestral_step(sigma, sigma_s, eta)
+      sd, su = stepping.ancestral_step(sigma, sigma_s, eta)
       x_2 = update(x, sigma, sd, denoised)
       if noisy:
         x_2 = x_2 + z1 * (s_noise * su).astype(dtype)
       denoised_2, state = fn(x_2.astype(dtype), sigma_s, state)
-      sd, su = _ancestral_step(sigma, s_next, eta)
+      sd, su = stepping.ancestral_step(sigma, s_next, eta)
       x = update(x, sigma, sd, (1.0 - fac) * denoised + fac * denoised_2)
       if noisy:
         x = x + z2 * (s_noise * su).astype(dtype)
       return x.astype(dtype), state
 
-    x, state = jax.lax.cond(sigma_next > 0, sde_step, to_zero, x, state)
-    return (x.astype(dtype), state), None
+    return jax.lax.cond(sigma_next > 0, sde_step, to_zero, x, state)
 
-  xs = (jnp.arange(n, dtype=jnp.int32), sig[:-1], sig[1:])
-  (x, _), _ = jax.lax.scan(body, (x, state), xs)
-  return x
+  return stepping.scan_steps(step, x, state, sig)
 
 
 # ---------------------------------------------------------------------------

@@ -33,6 +33,9 @@ from diffusion_jax.samplers.guidance import as_stateful, x0_of
 
 NoiseFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
+# The step-size controller's options (DPM-Solver's adaptive sampler).
+ADAPTIVE_KEYS = ('rtol', 'atol', 'h_init', 'pcoeff', 'icoeff', 'dcoeff', 'accept_safety')
+
 # The `config.sample` keys a fast sampler may take as options (`FastSampler.options`).
 OPTION_KEYS = (
   'eta',
@@ -46,13 +49,7 @@ OPTION_KEYS = (
   'multistep_style',
   'variant',
   'lower_order_final',
-  'rtol',
-  'atol',
-  'h_init',
-  'pcoeff',
-  'icoeff',
-  'dcoeff',
-  'accept_safety',
+  *ADAPTIVE_KEYS,
   'max_steps',
 )
 
@@ -151,6 +148,25 @@ def ancestral_step(
   return sigma_down, sigma_up
 
 
+def scan_steps(
+  step: Callable, x: jax.Array, state: Any, sig: jax.Array, *per_step: Any
+) -> jax.Array:
+  """Runs `step(x, state, i, sigma_i, sigma_{i+1}, *per_step[i]) -> (x, state)` in one scan.
+
+  i runs over the N = len(sig) - 1 steps; each step's x is cast back to the input's dtype.
+  Returns the last x.
+  """
+  dtype = x.dtype
+
+  def body(carry, xs):
+    x, state = step(*carry, *xs)
+    return (x.astype(dtype), state), None
+
+  xs = (jnp.arange(sig.shape[0] - 1, dtype=jnp.int32), sig[:-1], sig[1:], *per_step)
+  (x, _), _ = jax.lax.scan(body, (x, state), xs)
+  return x
+
+
 def to_d(x: jax.Array, sigma: jax.Array, denoised: jax.Array) -> jax.Array:
   """The probability-flow ODE derivative dx/dsigma = (x - D(x; sigma)) / sigma (EDM Eq. 4)."""
   return (x - denoised) / sigma
@@ -179,6 +195,7 @@ def check_choice(name: str, key: str, value: Any, valid: tuple) -> None:
 
 
 __all__ = [
+  'ADAPTIVE_KEYS',
   'OPTION_KEYS',
   'FastSampler',
   'NoiseFn',
@@ -189,6 +206,7 @@ __all__ = [
   'lam',
   'prepare',
   'safe_lam',
+  'scan_steps',
   'to_d',
   'unit_noise',
 ]

@@ -21,30 +21,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-BATCH = 64
-STEPS = (10, 25)
-
-
-def _mixture():
-  import sys
-
-  sys.path.insert(0, 'tests')
-  from mixture_reference import MIXTURE, np_denoise
-
-  return MIXTURE, np_denoise
-
-
-def _ours(fn, sigmas, z: np.ndarray, noise: np.ndarray | None = None, **options) -> np.ndarray:
-  import jax
-  import jax.numpy as jnp
-
-  mixture, _ = _mixture()
-  sig = jnp.asarray(sigmas, jnp.float32)
-  if noise is not None:
-    draws = jnp.asarray(noise, jnp.float32)
-    options['noise_fn'] = lambda i, s, s_next: draws[i]
-  run = jax.jit(lambda x: fn(mixture.denoise, x, sig, **options))
-  return np.asarray(run(jnp.asarray(z, jnp.float32) * sig[0]), np.float64)
+from experiments.parity.common import BATCH, STEPS
+from experiments.parity.common import mixture as _mixture
+from experiments.parity.common import ours as _ours
 
 
 def _k_diffusion(

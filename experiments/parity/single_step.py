@@ -19,18 +19,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-BATCH = 64
-STEPS = (10, 25)
+from experiments.parity.common import BATCH, STEPS
+from experiments.parity.common import mixture as _mixture
+
 SIGMA_MIN, SIGMA_MAX = 0.002, 10.0
-
-
-def _mixture():
-  import sys
-
-  sys.path.insert(0, 'tests')
-  from mixture_reference import MIXTURE, np_denoise
-
-  return MIXTURE, np_denoise
 
 
 def _model(np_denoise):

@@ -16,17 +16,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-BATCH = 64
-STEPS = (10, 25)
-
-
-def _mixture():
-  import sys
-
-  sys.path.insert(0, 'tests')
-  from mixture_reference import MIXTURE, np_denoise
-
-  return MIXTURE, np_denoise
+from experiments.parity.common import BATCH, STEPS
+from experiments.parity.common import mixture as _mixture
+from experiments.parity.common import ours as _ours
 
 
 def _reference(
@@ -51,16 +43,6 @@ def _reference(
     out = x0 if prediction == 'sample' else (x.numpy() - a * x0) / (a * s)
     x = scheduler.step(torch.from_numpy(out), t, x).prev_sample
   return x.numpy() / alpha(sig[-1]), last, sig
-
-
-def _ours(fn, sigmas, z: np.ndarray, **options) -> np.ndarray:
-  import jax
-  import jax.numpy as jnp
-
-  mixture, _ = _mixture()
-  sig = jnp.asarray(sigmas, jnp.float32)
-  run = jax.jit(lambda x: fn(mixture.denoise, x, sig, **options))
-  return np.asarray(run(jnp.asarray(z, jnp.float32) * sig[0]), np.float64)
 
 
 def cases() -> Iterator[dict]:
