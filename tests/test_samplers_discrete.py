@@ -4,35 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from mixture_reference import MIXTURE, NUM, assert_matches_mixture
 
 from diffusion_jax import samplers, schedules
 from diffusion_jax.schedules import DiscreteSchedule, space_timesteps
 
-WEIGHTS = np.array([0.2, 0.3, 0.5])
-MEANS = np.array([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]])
-STDS = np.array([[0.10, 0.15], [0.20, 0.12], [0.15, 0.15]])
-MIXTURE = samplers.GaussianMixture(WEIGHTS, MEANS, STDS)
-NUM = 4000
 LINEAR = DiscreteSchedule.from_name('linear', 1000)
 COSINE = DiscreteSchedule.from_name('cosine', 1000)
-
-
-def assert_matches_mixture(gm, x, mean_bias=0.01, var_bias=0.03, weight_bias=0.005):
-  """Component weights, means and variances within 4.5 standard errors (+ a bias allowance)."""
-  st = gm.summary(x)
-  n = np.shape(x)[0]
-  w = gm.weights
-  np.testing.assert_array_less(
-    np.abs(st['weights'] - w), 4.5 * np.sqrt(w * (1 - w) / n) + weight_bias
-  )
-  nk = st['counts'][:, None]
-  np.testing.assert_array_less(
-    np.abs(st['means'] - gm.means.reshape(w.size, -1)), 4.5 * np.sqrt(gm.variances / nk) + mean_bias
-  )
-  np.testing.assert_array_less(
-    np.abs(st['variances'] / gm.variances - 1),
-    np.broadcast_to(4.5 * np.sqrt(2 / (nk - 1)) + var_bias, gm.variances.shape),
-  )
 
 
 def _gaussian_x0(mu, var, x_data, sigma):
