@@ -30,3 +30,14 @@ def ours(fn, sigmas, z: np.ndarray, noise: np.ndarray | None = None, **options) 
     options['noise_fn'] = lambda i, s, s_next: draws[i]
   run = jax.jit(lambda x: fn(mix.denoise, x, sig, **options))
   return np.asarray(run(jnp.asarray(z, jnp.float32) * sig[0]), np.float64)
+
+
+def row(sampler: str, setting: str, reference: str, ours: np.ndarray, ref: np.ndarray) -> dict:
+  """One parity-table row: the largest absolute difference and the reference's scale."""
+  return {
+    'sampler': sampler,
+    'setting': setting,
+    'reference': reference,
+    'max_abs': float(np.max(np.abs(ours - ref))),
+    'scale': float(np.max(np.abs(ref))),
+  }

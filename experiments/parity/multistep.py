@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from experiments.parity.common import BATCH, STEPS
+from experiments.parity.common import BATCH, STEPS, row
 from experiments.parity.common import mixture as _mixture
 from experiments.parity.common import ours as _ours
 
@@ -89,15 +89,6 @@ def cases() -> Iterator[dict]:
 
   table = schedules.DiscreteSchedule.from_name('linear', 1000)
   z = np.random.default_rng(0).normal(size=(BATCH, 2))
-
-  def row(sampler, setting, reference, ours, ref):
-    return {
-      'sampler': sampler,
-      'setting': setting,
-      'reference': reference,
-      'max_abs': float(np.max(np.abs(ours - ref))),
-      'scale': float(np.max(np.abs(ref))),
-    }
 
   for n in STEPS:
     grid = np.asarray(schedules.karras_sigmas(n, 0.002, 80.0), np.float64)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from experiments.parity.common import BATCH, STEPS
+from experiments.parity.common import BATCH, STEPS, row
 from experiments.parity.common import mixture as _mixture
 from experiments.parity.common import ours as _ours
 
@@ -59,15 +59,6 @@ def cases() -> Iterator[dict]:
   def t0_grid(n: int, spacing: str) -> np.ndarray:
     t = schedules.discrete_timesteps(1000, n, spacing)
     return np.append(table.edm_sigmas[t], table.edm_sigmas[0])
-
-  def row(sampler, setting, reference, ours, ref):
-    return {
-      'sampler': sampler,
-      'setting': setting,
-      'reference': reference,
-      'max_abs': float(np.max(np.abs(ours - ref))),
-      'scale': float(np.max(np.abs(ref))),
-    }
 
   for n, spacing in zip(STEPS, ('linspace', 'trailing')):
     for order in (1, 2, 3):
