@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Network (diffusion_jax/models/).
   config.model = model = ml_collections.ConfigDict()
-  model.name = 'rin'  # 'rin' | 'unet'
+  model.name = 'rin'  # 'rin' | 'unet' | a paper's network (see network_kwargs)
   model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'
   model.param_dtype = 'float32'
   model.remat = False
@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.scale_shift_norm = False  # iDDPM/ADM: the embedding scales and shifts the norm.
   model.resblock_updown = False  # EDM/ADM: resample inside residual blocks.
   model.skip_scale = 1.0  # EDM's DDPM++ multiplies residual sums by sqrt(1/2).
+  # The papers' own networks ('ddpm_unet', 'adm_unet', 'edm_songunet', 'edm_dhariwalunet',
+  # 'ncsnv2') take the reference constructor's keyword arguments here, by their names.
+  model.network_kwargs = ml_collections.ConfigDict()
 
   # Diffusion process and training objective (diffusion_jax/schedules.py, objectives).
   config.diffusion = diffusion = ml_collections.ConfigDict()
@@ -142,6 +145,13 @@ def get_config() -> ml_collections.ConfigDict:
   training.num_sample_images = 64
   training.profile = False
   training.mesh_fsdp = 1  # size of the 'fsdp' mesh axis; 1 = pure data parallel.
+  # Micro-batches per optimizer step (one lax.scan in the compiled step): the same update
+  # as the whole batch at once, in 1 / k of the activation memory.
+  training.grad_accum_steps = 1
+  # EDM2 post-hoc EMA (Karras et al. 2024, Sec. 3): power-function EMA profiles of these
+  # relative standard deviations, snapshotted every this many steps; 0 = off.
+  training.phema_stds = (0.05, 0.10)
+  training.phema_snapshot_every = 0
 
   # Sampling (diffusion_jax/samplers/; --mode=sample in diffusion_jax/generation.py).
   config.sample = sample = ml_collections.ConfigDict()

@@ -94,6 +94,9 @@ class TrainingConfig:
   num_sample_images: int = 64
   profile: bool = False
   mesh_fsdp: int = 1
+  grad_accum_steps: int = 1
+  phema_stds: tuple[float, ...] = (0.05, 0.10)
+  phema_snapshot_every: int = 0  # 0 = no post-hoc EMA.
 
   def __post_init__(self):
     for key in (
@@ -104,9 +107,20 @@ class TrainingConfig:
       'keep_checkpoints',
       'num_sample_images',
       'mesh_fsdp',
+      'grad_accum_steps',
     ):
       _integer(f'training.{key}', getattr(self, key))
     _integer('training.sample_every', self.sample_every, minimum=0)
+    _integer('training.phema_snapshot_every', self.phema_snapshot_every, minimum=0)
+    stds = self.phema_stds
+    if not isinstance(stds, (tuple, list)) or not all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 0.3 for v in stds
+    ):
+      raise ConfigError(
+        f'config.training.phema_stds={stds!r} must be a tuple of relative standard '
+        'deviations in (0, 0.3), e.g. (0.05, 0.10) (Karras et al. 2024).'
+      )
+    object.__setattr__(self, 'phema_stds', tuple(float(v) for v in stds))
     if not isinstance(self.profile, bool):
       raise ConfigError(f'config.training.profile={self.profile!r} must be True or False.')
 
@@ -248,6 +262,13 @@ def check_devices(run: RunConfig, num_devices: int | None = None) -> None:
   """The batch splits over the devices and mesh_fsdp divides their number."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   sharding_lib.check_batch_size(run.training.batch_size, num_devices)
+  k = run.training.grad_accum_steps
+  if run.training.batch_size % (k * num_devices):
+    raise ConfigError(
+      f'config.training.batch_size={run.training.batch_size} must split into '
+      f'config.training.grad_accum_steps={k} micro-batches that each divide over the '
+      f'{num_devices} devices (a multiple of {k * num_devices}); change either one.'
+    )
   fsdp = run.training.mesh_fsdp
   if num_devices % fsdp:
     raise ConfigError(

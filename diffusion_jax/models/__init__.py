@@ -11,6 +11,7 @@ self-conditioning input of the next call (RIN: final latents; U-Net: the predict
 """
 
 import dataclasses
+import importlib
 import math
 from typing import Any
 
@@ -22,9 +23,30 @@ from diffusion_jax.models.config import MODEL_NAMES, ModelConfig
 from diffusion_jax.models.rin import RIN
 from diffusion_jax.models.unet import UNet
 
-__all__ = ['MODEL_NAMES', 'Model', 'ModelConfig', 'create_model', 'count_params']
+__all__ = ['MODEL_NAMES', 'Model', 'ModelConfig', 'count_params', 'create_model', 'network_class']
 
 _REGISTRY: dict[str, type[nn.Module]] = {'rin': RIN, 'unet': UNet}
+# The papers' networks, imported on first use: 'module:Class' under diffusion_jax.models.
+_PAPER_REGISTRY = {
+  'ddpm_unet': 'ddpm_unet:DDPMUNet',  # DDPM as diffusers' UNet2DModel.
+  'adm_unet': 'adm_unet:ADMUNet',  # improved / guided-diffusion's UNetModel.
+  'edm_songunet': 'edm_networks:SongUNet',  # EDM's DDPM++ / NCSN++.
+  'edm_dhariwalunet': 'edm_networks:DhariwalUNet',  # EDM's ADM.
+  'ncsnv2': 'ncsnv2:NCSNv2',  # NCSNv2's RefineNet (and its Deeper / Deepest variants).
+}
+
+
+def network_class(name: str) -> type[nn.Module]:
+  """The Flax module class registered as `config.model.name = name`."""
+  if name in _REGISTRY:
+    return _REGISTRY[name]
+  if name not in _PAPER_REGISTRY:
+    raise ValueError(
+      f'config.model.name={name!r} is not registered; valid names: '
+      f'{tuple(_REGISTRY) + tuple(_PAPER_REGISTRY)}.'
+    )
+  module, cls = _PAPER_REGISTRY[name].split(':')
+  return getattr(importlib.import_module(f'diffusion_jax.models.{module}'), cls)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,14 +138,10 @@ def count_params(params: Any) -> int:
 
 
 def create_model(model_cfg: ModelConfig) -> Model:
-  """Builds the network named by `model_cfg.name` ('rin' or 'unet')."""
+  """Builds the network named by `model_cfg.name` (MODEL_NAMES)."""
   if not isinstance(model_cfg, ModelConfig):
     raise ValueError(
       'create_model takes a ModelConfig; build one with '
       'ModelConfig.from_config(config.model, config.data).'
     )
-  if model_cfg.name not in _REGISTRY:
-    raise ValueError(
-      f'config.model.name={model_cfg.name!r} is not registered; valid names: {tuple(_REGISTRY)}.'
-    )
-  return Model(model_cfg, _REGISTRY[model_cfg.name](model_cfg))
+  return Model(model_cfg, network_class(model_cfg.name)(model_cfg))

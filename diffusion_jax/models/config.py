@@ -13,7 +13,10 @@ import jax.numpy as jnp
 
 from diffusion_jax.models.layers import ATTENTION_IMPLS
 
-MODEL_NAMES = ('rin', 'unet')
+# The papers' own networks, ported exactly; each reads its reference constructor's keyword
+# arguments from config.model.network_kwargs (diffusion_jax/models/<name>.py validates them).
+PAPER_NETWORKS = ('ddpm_unet', 'adm_unet', 'edm_songunet', 'edm_dhariwalunet', 'ncsnv2')
+MODEL_NAMES = ('rin', 'unet') + PAPER_NETWORKS
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 # Interface tokens may be outnumbered by latents (ImageNet-64 uses 128 latents on an
@@ -63,6 +66,13 @@ class ModelConfig:
   scale_shift_norm: bool = False  # iDDPM/ADM: the embedding scales and shifts the norm.
   resblock_updown: bool = False  # EDM/ADM: resample inside residual blocks.
   skip_scale: float = 1.0  # EDM's DDPM++ multiplies residual sums by sqrt(1/2).
+  # A paper's network: its reference constructor's keyword arguments, frozen (see `kwargs`).
+  network_kwargs: tuple[tuple[str, Any], ...] = ()
+
+  @property
+  def kwargs(self) -> dict[str, Any]:
+    """`network_kwargs` as a plain dict (nested sections as dicts, sequences as tuples)."""
+    return thaw_kwargs(self.network_kwargs)
 
   @property
   def out_channels(self) -> int:
@@ -108,6 +118,8 @@ class ModelConfig:
     for key in ('channel_mults', 'attention_resolutions'):
       if key in values:
         values[key] = tuple(int(v) for v in values[key])
+    if 'network_kwargs' in values:
+      values['network_kwargs'] = freeze_kwargs(values['network_kwargs'])
     config = cls(**values)
     config.validate()
     return config
@@ -142,6 +154,13 @@ class ModelConfig:
       value = getattr(self, key)
       if not 0.0 <= value < 1.0:
         raise ValueError(f'config.model.{key} must lie in [0, 1), got {value}.')
+    if self.name in PAPER_NETWORKS:
+      return  # the network's module checks its reference keyword arguments.
+    if self.network_kwargs:
+      raise ValueError(
+        f"config.model.network_kwargs is only read by the papers' networks {PAPER_NETWORKS}; "
+        f'config.model.name={self.name!r} takes its settings from config.model directly.'
+      )
     if self.name == 'rin':
       self._validate_rin()
     else:
@@ -208,6 +227,35 @@ class ModelConfig:
       )
     if self.skip_scale <= 0:
       raise ValueError(f'config.model.skip_scale must be > 0, got {self.skip_scale}.')
+
+
+def freeze_kwargs(values: Any) -> tuple[tuple[str, Any], ...]:
+  """A hashable, sorted (key, value) tuple of a mapping; nested mappings frozen the same way."""
+  if isinstance(values, tuple):
+    return values
+  items = dict(values.items()) if hasattr(values, 'items') else dict(values)
+
+  def freeze(v: Any) -> Any:
+    if hasattr(v, 'items'):
+      return ('__mapping__', freeze_kwargs(v))
+    if isinstance(v, (list, tuple)):
+      return tuple(freeze(x) for x in v)
+    return v
+
+  return tuple(sorted((str(k), freeze(v)) for k, v in items.items()))
+
+
+def thaw_kwargs(frozen: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+  """The inverse of `freeze_kwargs`: plain dicts, sequences as tuples."""
+
+  def thaw(v: Any) -> Any:
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == '__mapping__':
+      return thaw_kwargs(v[1])
+    if isinstance(v, tuple):
+      return tuple(thaw(x) for x in v)
+    return v
+
+  return {k: thaw(v) for k, v in frozen}
 
 
 def group_norm_groups(channels: int) -> int:
