@@ -37,6 +37,8 @@ class Format:
       (`{'params': ...}`) with the same tree and shapes.
     forward: (params, reference config, inputs dict) -> output in the reference's
       layout and conventions (see `reference_forward`).
+    default_config: optional (reference config, input path) -> the configs/X.py that
+      fits the checkpoint, or None; the CLI uses it when --config is not given.
   """
 
   name: str
@@ -45,6 +47,7 @@ class Format:
   model_overrides: Callable[[dict[str, Any]], dict[str, dict[str, Any]]]
   convert: Callable[[StateDict, dict[str, Any], Any], Any]
   forward: Callable[[Any, dict[str, Any], Mapping[str, Any]], np.ndarray]
+  default_config: Callable[[dict[str, Any], str], str | None] | None = None
 
 
 class TensorTaker:
