@@ -1,0 +1,1 @@
+"""Minimal PyTorch transcriptions of reference networks, for the converter parity tests."""
