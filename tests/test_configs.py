@@ -27,7 +27,8 @@ def load(name):
 def flat_keys(config, prefix=''):
   keys = set()
   for key, value in config.items():
-    if hasattr(value, 'items'):
+    if hasattr(value, 'items') and f'{prefix}{key}' != 'model.network_kwargs':
+      # network_kwargs holds a paper network's own settings (its module validates them).
       keys |= flat_keys(value, f'{prefix}{key}.')
     else:
       keys.add(f'{prefix}{key}')
