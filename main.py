@@ -4,6 +4,8 @@
     python main.py --config=configs/digits.py --config.training.batch_size=256
     python main.py --config=configs/digits.py --workdir=workdir/digits --mode=sample
     python main.py --config=configs/digits.py --workdir=workdir/digits --mode=eval
+    python main.py --config=configs/digits.py --workdir=workdir/digits --mode=phema \
+      --phema_std=0.08
 
 A run resumes from the latest checkpoint in --workdir. Compiled programs are kept in
 JAX's persistent compilation cache (--compilation_cache_dir), so a second run starts
@@ -11,6 +13,12 @@ without compiling. On a TPU pod or any
 multi-process launch (JAX_COORDINATOR_ADDRESS, SLURM, Open MPI, or --multihost)
 JAX's distributed runtime is initialized first; only process 0 writes logs,
 summaries and images.
+
+--mode=phema reconstructs EDM2's post-hoc EMA of relative std --phema_std from the
+snapshots of a run trained with config.training.phema_snapshot_every > 0 and writes it to
+<workdir>/phema/std-<std>/; --mode=sample / --mode=eval with the same --phema_std sample
+from it (their outputs go to that directory too): add --phema_std=0.08 to the sample
+command above.
 """
 
 import logging as py_logging
@@ -26,7 +34,15 @@ config_flags.DEFINE_config_file(
   'config', None, 'Config file, optionally with an argument: configs/digits.py:tiny.'
 )
 flags.DEFINE_string('workdir', None, 'Run directory (default: ./workdir/<config name>).')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'phema'], 'What to do.')
+flags.DEFINE_float(
+  'phema_std',
+  None,
+  'Post-hoc EMA relative std: --mode=phema reconstructs it, --mode=sample / eval use it.',
+)
+flags.DEFINE_integer(
+  'phema_step', None, '--mode=phema: the snapshot step to reconstruct at (default newest).'
+)
 flags.DEFINE_bool(
   'multihost', None, 'Initialize jax.distributed (default: detect from the environment).'
 )
@@ -209,6 +225,10 @@ def _run_mode():
     training.train_and_evaluate(run, workdir)
     return
   components = build.build(run)
+  if FLAGS.mode == 'phema' or FLAGS.phema_std is not None:
+    workdir = _phema(components, workdir)
+    if workdir is None:
+      return
   if FLAGS.mode == 'sample':
     png, npz = generation.sample_and_save(components, workdir)
     logging.info('Samples: %s, %s', png, npz)
@@ -217,6 +237,40 @@ def _run_mode():
 
     sample_fn, _ = generation.load_sampler(components, workdir)
     evaluation.evaluate(run, workdir, sample_fn, components=components)
+
+
+def _phema(components, workdir: str) -> str | None:
+  """--mode=phema: reconstructs and writes --phema_std; otherwise its directory."""
+  from diffusion_jax import build
+  from diffusion_jax.training import phema
+
+  std = FLAGS.phema_std
+  if std is None:
+    sys.exit('error: --mode=phema needs --phema_std, e.g. --phema_std=0.08.')
+  if FLAGS.mode != 'phema':
+    out = phema.export_dir(workdir, std)
+    if not os.path.isdir(out):
+      raise FileNotFoundError(
+        f'No post-hoc EMA of std {std:.3f} in {out}; reconstruct it first with '
+        f'--mode=phema --phema_std={std} --workdir={workdir}.'
+      )
+    return out
+  try:
+    out, step, error = phema.reconstruct(
+      workdir, build.abstract_params(components), std, FLAGS.phema_step
+    )
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  logging.info(
+    'Wrote the post-hoc EMA of std %.3f at step %d (profile error %.2g) to %s; sample it '
+    'with --mode=sample --phema_std=%s.',
+    std,
+    step,
+    error,
+    out,
+    std,
+  )
+  return None
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ import optax
 
 from diffusion_jax import models, objectives, samplers
 from diffusion_jax.config import RunConfig
-from diffusion_jax.training import optim
+from diffusion_jax.training import optim, phema
 from diffusion_jax.training import sharding as sharding_lib
 from diffusion_jax.training.state import TrainState
 
@@ -71,6 +71,10 @@ def dummy_inputs(run: RunConfig, batch: int = 1) -> dict[str, Any]:
 
 
 def _init_fn(run: RunConfig, model: Any, objective: Any, tx: Any) -> Callable:
+  t = run.training
+  if t.phema_snapshot_every:
+    phema.std_to_gamma(t.phema_stds)  # validates before anything is traced
+
   def init_fn(rng: jax.Array) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
     d = dummy_inputs(run)
@@ -82,6 +86,7 @@ def _init_fn(run: RunConfig, model: Any, objective: Any, tx: Any) -> Callable:
       opt_state=tx.init(params),
       rng=state_rng,
       objective_state=objective.init_state(),
+      phema_params=phema.init(params, t.phema_stds) if t.phema_snapshot_every else (),
     )
 
   return init_fn

@@ -4,7 +4,9 @@ A checkpoint has two items: 'train' (step, params, optimizer state, rng,
 objective state) and 'ema_params', so sampling can restore the EMA weights
 alone. Saves are asynchronous: the device-to-host copy happens in `save`, the
 write in the background. On SIGTERM (or a multi-host preemption notice) the
-loop saves the current step, waits for the write and exits cleanly.
+loop saves the current step, waits for the write and exits cleanly. With post-hoc EMA
+on, 'train' also holds the power-function EMA profiles, and `PhemaSnapshots` keeps one
+snapshot of them per config.training.phema_snapshot_every steps in workdir/phema.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import orbax.checkpoint as ocp
 from diffusion_jax.training.state import TrainState
 
 CHECKPOINT_SUBDIR = 'checkpoints'
+PHEMA_SUBDIR = 'phema'
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -36,6 +39,8 @@ def _split(state: TrainState) -> tuple[dict[str, Any], Any]:
     'rng': state.rng,
     'objective_state': state.objective_state,
   }
+  if state.phema_params:  # only with post-hoc EMA on: older checkpoints stay readable
+    train['phema_params'] = state.phema_params
   return train, state.ema_params
 
 
@@ -123,6 +128,7 @@ class Checkpointer:
       opt_state=t['opt_state'],
       rng=t['rng'],
       objective_state=t['objective_state'],
+      phema_params=t.get('phema_params', ()),
     )
 
   def save(self, step: int, state: TrainState, *, force: bool = False) -> bool:
@@ -224,11 +230,119 @@ def load_exported(path: str, abstract_params: Any) -> Any:
     return ckptr.restore(os.path.abspath(path), _as_abstract(abstract_params))
 
 
+def save_ema_params(workdir: str, step: int, params: Any) -> str:
+  """Writes `params` as the EMA parameters of a checkpoint of `step` in workdir/checkpoints.
+
+  The result is a run directory that `restore_ema_params` (--mode=sample / --mode=eval
+  with --workdir) reads like a trained run's; it has no 'train' item. Every process
+  calls this (orbax writes each array once).
+  """
+  directory = checkpoint_dir(workdir)
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(
+    directory, item_names=('train', 'ema_params'), options=options
+  ) as manager:
+    if step in manager.all_steps():
+      manager.delete(step)
+    manager.save(step, args=ocp.args.Composite(ema_params=ocp.args.StandardSave(params)))
+    manager.wait_until_finished()
+  return os.path.abspath(workdir)
+
+
+def phema_dir(workdir: str) -> str:
+  """workdir/phema: the post-hoc EMA snapshots and reconstructions of a run."""
+  return os.path.abspath(os.path.join(workdir, PHEMA_SUBDIR))
+
+
+class PhemaSnapshots:
+  """The post-hoc EMA snapshots of a run: workdir/phema/snapshots/<step>/.
+
+  Each snapshot holds every profile of that step ('profiles', a tuple of parameter
+  pytrees) and their stds ('meta', JSON). Saves are asynchronous (the device-to-host
+  copy happens in `save`) and, like checkpoints, made by every process: orbax writes
+  replicated arrays from the primary process and each shard from its owner. None is
+  ever deleted except by `delete_after` (a resumed run drops the lost future's).
+
+  Args:
+    workdir: the run's directory.
+    read_only: open existing snapshots for reading (reconstruction).
+  """
+
+  def __init__(self, workdir: str, *, read_only: bool = False):
+    self.directory = os.path.join(phema_dir(workdir), 'snapshots')
+    if read_only and not os.path.isdir(self.directory):
+      raise FileNotFoundError(
+        f'No post-hoc EMA snapshots in {self.directory}; train with '
+        'config.training.phema_snapshot_every > 0 first.'
+      )
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=None,
+      enable_async_checkpointing=not read_only,
+      create=not read_only,
+      read_only=read_only,
+    )
+    self._manager = ocp.CheckpointManager(
+      self.directory, item_names=('profiles', 'meta'), options=options
+    )
+
+  def steps(self) -> list[int]:
+    """The snapshot steps, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, stds: tuple[float, ...], profiles: tuple[Any, ...]) -> None:
+    """Snapshots the profiles of `step` (one per std)."""
+    meta = {'step': int(step), 'stds': [float(v) for v in stds]}
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        profiles=ocp.args.StandardSave(tuple(profiles)), meta=ocp.args.JsonSave(meta)
+      ),
+      force=True,
+    )
+
+  def stds(self, step: int) -> list[float]:
+    """The stds of the profiles in the snapshot of `step`."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return [float(v) for v in restored['meta']['stds']]
+
+  def restore(self, step: int, abstract_profiles: list[Any]) -> tuple[Any, ...]:
+    """The profiles of `step` on the shardings of `abstract_profiles` (one per std)."""
+    abstract = tuple(_as_abstract(a) for a in abstract_profiles)
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(profiles=ocp.args.StandardRestore(abstract))
+    )
+    return tuple(restored['profiles'])
+
+  def delete_after(self, step: int) -> list[int]:
+    """Deletes the snapshots of steps > `step`; returns their steps."""
+    stale = [s for s in self.steps() if s > step]
+    for s in stale:
+      self._manager.delete(s)
+    return stale
+
+  def wait_until_finished(self) -> None:
+    """Blocks until pending snapshot writes are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> PhemaSnapshots:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
 __all__ = [
   'Checkpointer',
+  'PhemaSnapshots',
   'checkpoint_dir',
   'export_ema',
   'latest_step',
   'load_exported',
+  'phema_dir',
   'restore_ema_params',
+  'save_ema_params',
 ]

@@ -5,7 +5,8 @@
 step over a ('data', 'fsdp') mesh of every device of every host,
 restores the latest checkpoint if there is one, and trains to
 config.training.num_steps, writing metrics (clu), checkpoints (orbax) and sample
-grids of the EMA parameters along the way.
+grids of the EMA parameters along the way. With config.training.phema_snapshot_every
+> 0 it also snapshots the post-hoc EMA profiles (training/phema.py) to workdir/phema.
 
 Source: Chen 2023, "On the Importance of Noise Scheduling for Diffusion Models",
 Sec. 4 (LAMB, EMA 0.9999, self-conditioning rate 0.9 with the RIN backbone).
@@ -14,6 +15,7 @@ Sec. 4 (LAMB, EMA 0.9999, self-conditioning rate 0.9 with the RIN backbone).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -130,7 +132,8 @@ def train_and_evaluate(
   grid = generation.GridSampler.create(setup.components)
   t = run.training
   ckpt = checkpointing.Checkpointer(workdir, save_every=t.checkpoint_every, keep=t.keep_checkpoints)
-  with ckpt, metric_writers.ensure_flushes(writer):
+  snapshots = checkpointing.PhemaSnapshots(workdir) if t.phema_snapshot_every else None
+  with ckpt, metric_writers.ensure_flushes(writer), snapshots or contextlib.nullcontext():
     state, step = _restore(ckpt, setup)
     if step >= t.num_steps:
       logging.info('Step %d >= config.training.num_steps=%d: nothing to train.', step, t.num_steps)
@@ -140,10 +143,24 @@ def train_and_evaluate(
       writer.write_hparams(run.hparams())
     if is_chief:
       _write_run_files(workdir, run, state.params)
-    loop = _Loop(setup, ckpt, writer, grid, workdir, step_callback)
+    if snapshots is not None:
+      _resume_snapshots(snapshots, state, step, t)
+    loop = _Loop(setup, ckpt, writer, grid, workdir, step_callback, snapshots)
     state = loop.run(state, step)
     ckpt.wait_until_finished()
   return state
+
+
+def _resume_snapshots(
+  snapshots: checkpointing.PhemaSnapshots, state: TrainState, step: int, t: Any
+) -> None:
+  """Drops post-hoc EMA snapshots newer than the restored step (a lost future the run
+  redoes) and writes the restored step's own if it is due and missing."""
+  stale = snapshots.delete_after(step)
+  if stale:
+    logging.info('Dropped post-hoc EMA snapshots of steps %s (after the checkpoint).', stale)
+  if step > 0 and step % t.phema_snapshot_every == 0 and step not in snapshots.steps():
+    snapshots.save(step, t.phema_stds, state.phema_params)
 
 
 def _write_run_files(workdir: str, run: config_lib.RunConfig, params: Any) -> None:
@@ -182,6 +199,7 @@ class _Loop:
   grid: generation.GridSampler
   workdir: str
   step_callback: StepCallback | None
+  snapshots: checkpointing.PhemaSnapshots | None = None
   progress: progress_lib.TrainProgress | None = None
 
   def _start_progress(self, state, batch, step: int, metrics: dict) -> progress_lib.TrainProgress:
@@ -276,7 +294,11 @@ class _Loop:
       buffer = []
     if due_ckpt:
       self.ckpt.save(step, state, force=True)
+    if self.snapshots is not None and (step % t.phema_snapshot_every == 0 or last):
+      self.snapshots.save(step, t.phema_stds, state.phema_params)
     if stop:
+      if self.snapshots is not None:
+        self.snapshots.wait_until_finished()
       self.ckpt.wait_until_finished()
       logging.warning('Stopped at step %d after a stop request; checkpoint saved.', step)
       return buffer, True

@@ -21,6 +21,9 @@ class TrainState:
       same noise as an uninterrupted one.
     objective_state: the objective's own state (e.g. iDDPM's importance-sampling
       loss history); `{}` when it has none.
+    phema_params: EDM2's power-function EMA profiles, one parameter pytree per
+      config.training.phema_stds entry (training/phema.py); `()` when
+      config.training.phema_snapshot_every is 0.
   """
 
   step: jax.Array
@@ -29,6 +32,7 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   objective_state: Any
+  phema_params: Any = ()
 
 
 __all__ = ['TrainState']

@@ -21,7 +21,7 @@ import optax
 
 from diffusion_jax import build as build_lib
 from diffusion_jax import config as config_lib
-from diffusion_jax.training import optim
+from diffusion_jax.training import optim, phema
 from diffusion_jax.training import sharding as sharding_lib
 from diffusion_jax.training.state import TrainState
 
@@ -147,6 +147,9 @@ def make_train_step(components: build_lib.Components) -> Callable:
       step=state.step + 1,
       params=params,
       ema_params=optim.ema_update(state.ema_params, params, decay),
+      phema_params=phema.update(
+        state.phema_params, params, state.step + 1, run.training.phema_stds
+      ),
       opt_state=opt_state,
       objective_state=obj_state,
     )
