@@ -31,6 +31,9 @@ EXTRAS_REQUIRE = {
     'nbformat>=5.10',
     'ipykernel>=6.29',
   ],
+  # The checkpoint converters (python -m diffusion_jax.convert) and their parity tests. torch
+  # pinned exactly: unpinned, pip picks a newer build with CUDA wheels (gigabytes).
+  'convert': ['torch==2.13.0', 'safetensors>=0.4', 'diffusers==0.42.1'],
 }
 
 setup(

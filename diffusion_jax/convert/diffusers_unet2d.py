@@ -110,7 +110,7 @@ def model_overrides(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def default_config(config: Mapping[str, Any], path: str = '') -> str | None:
   """Our config for a google/ddpm-* checkpoint, from its name, its path or its image size."""
-  words = f'{config.get("_name_or_path", "")} {path}'.lower()
+  words = set(re.split(r'[^a-z0-9]+', f'{config.get("_name_or_path", "")} {path}'.lower()))
   for key, config_path in CONFIGS.items():
     if key in words:
       return config_path
@@ -184,8 +184,8 @@ def forward(params: Any, config: dict[str, Any], inputs: Mapping[str, Any]) -> n
 FORMAT = common.Format(
   name='diffusers_unet2d',
   description=(
-    'diffusers UNet2DModel (google/ddpm-*): a directory with diffusion_pytorch_model.safetensors '
-    'or .bin and config.json -> ddpm_unet.'
+    'diffusers UNet2DModel (google/ddpm-*): diffusion_pytorch_model.safetensors or .bin with '
+    'its config.json -> ddpm_unet.'
   ),
   load=load,
   model_overrides=model_overrides,
