@@ -1,6 +1,6 @@
 """NCSNv2 `checkpoint.pth` (ermongroup/ncsnv2) -> config.model.name='ncsnv2'.
 
-    python -m diffusion_jax.convert --from=ncsnv2 --input=exp/logs/cifar10/checkpoint.pth \
+    python -m diffusion_jax.convert --from=ncsnv2 --input=exp/logs/cifar10 \
         --workdir=workdir/ncsnv2_cifar10
 
 The reference saves `[score.state_dict(), optimizer.state_dict(), epoch, step,
@@ -169,7 +169,8 @@ def run_overrides(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def model_overrides(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-  """config.model / config.data values of our network for a reference yml."""
+  """config.model / config.data values of our network for a reference yml, and the
+  config.diffusion / config.sample values of its ladder and sampler (`run_overrides`)."""
   data, _ = _sections(config)
   for key in ('image_size', 'channels'):
     if not isinstance(data.get(key), int):
@@ -181,6 +182,7 @@ def model_overrides(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
       'network_kwargs': network_kwargs(config),
     },
     'data': {'image_size': data['image_size'], 'num_channels': data['channels'], 'num_classes': 0},
+    **run_overrides(config),
   }
 
 
