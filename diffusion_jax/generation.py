@@ -9,6 +9,7 @@ and as an .npz with the float images, uint8 images and labels.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -172,7 +173,19 @@ def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[Sa
 
   Restores only the EMA parameters of the latest (or given) checkpoint. Batches of
   config.sample.batch_size (rounded up to the devices) run through one jitted function;
-  the last batch is padded to that size.
+  the last batch is padded to that size. Every process gets all N images (gathered from
+  the other hosts in a multi-process job).
+
+  The function also carries
+  - `sample_fn.process_local(labels [N], rng, **overrides) -> (rows [m], uint8 [m, H, W, C])`:
+    the N labels as one global batch (padded to a multiple of the devices), each process
+    returning only the rows its devices hold (rows >= N are padding; every process gets
+    the same m). The initial noise and the sampler's draws are positions of arrays of the
+    batch's shape, so a row's sample depends on its labels, rng and position alone: not on
+    the number of hosts, devices or padding rows (for N <= the batch, the draws of
+    sample_fn(labels, rng)).
+  - `sample_fn.fingerprint`: {'checkpoint_step', 'params_abs_sum'}, identifying the
+    parameters for the evaluator's resumable shards.
 
   Args:
     config: build.Components (shared with the caller), or a run config (ConfigDict or
@@ -189,32 +202,77 @@ def load_sampler(config: Any, workdir: str, step: int | None = None) -> tuple[Sa
   bs = math.ceil(run.generate.batch_size / mesh.size) * mesh.size
   batch = components.batch_sharding
   fn = components.sample_batch
-  size, channels = run.data.image_size, run.data.num_channels
+  image_shape = (run.data.image_size, run.data.image_size, run.data.num_channels)
+
+  def global_batch(labels: np.ndarray, rng: jax.Array, size: int, overrides: dict) -> jax.Array:
+    # One global batch of `size` rows: noise drawn on its shards, labels from every host's copy.
+    padded = np.pad(labels, (0, size - len(labels)))
+    traced = {k: jnp.asarray(v, jnp.float32) for k, v in overrides.items()} or None
+    noise_rng, sample_rng = jax.random.split(rng)
+    label_array = jax.make_array_from_callback((size,), batch, lambda index: padded[index])
+    noise = _unit_noise(noise_rng, (size, *image_shape), batch)
+    return fn(params, noise, label_array, sample_rng, traced)
 
   def sample_fn(labels: np.ndarray, rng: jax.Array, **overrides: Any) -> np.ndarray:
     labels = np.asarray(labels, np.int32).reshape(-1)
-    traced = {k: jnp.asarray(v, jnp.float32) for k, v in overrides.items()} or None
     out = []
     meter = progress_lib.Throughput('sampled', len(labels))
     meter.begin()
     for i, start in enumerate(range(0, len(labels), bs)):
       chunk = labels[start : start + bs]
-      padded = np.pad(chunk, (0, bs - len(chunk)))
-      noise_rng, sample_rng = jax.random.split(jax.random.fold_in(rng, i))
-      noise = jax.random.normal(noise_rng, (bs, size, size, channels), jnp.float32)
-      images = fn(
-        params,
-        jax.device_put(noise, batch),
-        jax.device_put(jnp.asarray(padded), batch),
-        sample_rng,
-        traced,
-      )
-      out.append(to_uint8(jax.device_get(images))[: len(chunk)])
+      images = global_batch(chunk, jax.random.fold_in(rng, i), bs, overrides)
+      out.append(to_uint8(_to_host(images))[: len(chunk)])
       if len(labels) > bs and jax.process_index() == 0:
         logging.info('%s', meter.line(start + len(chunk)))
     return np.concatenate(out, axis=0)
 
+  def process_local(
+    labels: np.ndarray, rng: jax.Array, **overrides: Any
+  ) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels, np.int32).reshape(-1)
+    size = math.ceil(len(labels) / mesh.size) * mesh.size
+    images = global_batch(labels, jax.random.fold_in(rng, 0), size, overrides)
+    rows, local = local_rows(images)
+    return rows, to_uint8(local)
+
+  sample_fn.process_local = process_local
+  # 5 significant digits: the same parameters on another mesh may differ in the last bits.
+  sample_fn.fingerprint = {
+    'checkpoint_step': int(step),
+    'params_abs_sum': f'{float(_abs_sum(params)):.5e}',
+  }
   return sample_fn, step
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _unit_noise(key: jax.Array, shape: tuple[int, ...], sharding: Any) -> jax.Array:
+  # Drawn on the batch's shards; the values are those of the unsharded draw.
+  return jax.lax.with_sharding_constraint(jax.random.normal(key, shape, jnp.float32), sharding)
+
+
+@jax.jit
+def _abs_sum(params: Any) -> jax.Array:
+  return sum(jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(params))
+
+
+def local_rows(array: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+  """(row indices [m], rows [m, ...]) of a batch-sharded array held by this process's devices."""
+  held: dict[int, np.ndarray] = {}
+  for shard in array.addressable_shards:
+    start = shard.index[0].start or 0
+    if start not in held:  # replicas of a row block
+      held[start] = np.asarray(shard.data)
+  starts = sorted(held)
+  rows = np.concatenate([np.arange(s, s + len(held[s])) for s in starts])
+  return rows, np.concatenate([held[s] for s in starts], axis=0)
+
+
+def _to_host(array: jax.Array) -> np.ndarray:
+  if array.is_fully_addressable:
+    return np.asarray(jax.device_get(array))
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def _components(config: Any) -> build_lib.Components:
@@ -262,6 +320,7 @@ __all__ = [
   'GridSampler',
   'grid_labels',
   'load_sampler',
+  'local_rows',
   'make_grid',
   'restore_ema_params',
   'sample_and_save',

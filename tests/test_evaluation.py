@@ -354,7 +354,8 @@ def test_evaluate_count_sampler_and_fid_wiring(monkeypatch, tmp_path):
   all_x = np.concatenate(
     [np.random.default_rng(i).uniform(-1, 1, (n, 16, 16, 1)) for i, n in zip((1, 2, 3), seen)]
   ).astype(np.float32)
-  feats = all_x.reshape(150, -1) @ proj  # the fake extractor sees the images as sampled
+  # The fake extractor sees the images as stored in the shards: on the 8-bit grid.
+  feats = inception.quantize_images(all_x).reshape(150, -1) @ proj
   want = frechet.frechet_distance(
     *frechet.feature_statistics(feats), *frechet.feature_statistics(ref_feats)
   )

@@ -159,7 +159,7 @@ def load_or_train_classifier(
   if path:
     os.makedirs(cache_dir, exist_ok=True)
     flat = traverse_util.flatten_dict(classifier.params, sep='/')
-    tmp = path + '.tmp.npz'
+    tmp = f'{path}.tmp-{os.getpid()}.npz'  # one per process: hosts may train it at once
     np.savez(tmp, __version__=_CACHE_VERSION, **{k: np.asarray(v) for k, v in flat.items()})
     os.replace(tmp, path)
   return classifier
@@ -196,8 +196,56 @@ class DigitsMetric:
 
   def report(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
     """score() of the samples with the real test split's numbers beside it."""
-    out = {f'digits_{k}': v for k, v in self.score(images, labels).items()}
+    return self._with_real({f'digits_{k}': v for k, v in self.score(images, labels).items()})
+
+  def _with_real(self, out: dict[str, float]) -> dict[str, float]:
     out['digits_frechet_real_test'] = self.real['frechet']
     out['digits_accuracy_real_test'] = self.real['accuracy']
     out['digits_num_real_test'] = float(self.num_test)
     return out
+
+  def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """{'logits' [N, 10], 'features' [N, 64]} of images [N, S, S, 1] in [-1, 1]."""
+    logits, feats = self.classifier(images)
+    return {'logits': logits, 'features': feats}
+
+  def settings(self) -> dict[str, object]:
+    """What the features depend on: the classifier (its size, version and weights)."""
+    leaves = jax.tree.leaves(self.classifier.params)
+    checksum = sum(float(np.abs(np.asarray(x, np.float64)).sum()) for x in leaves)
+    return {
+      'image_size': self.classifier.image_size,
+      'cache_version': _CACHE_VERSION,
+      'params_abs_sum': f'{checksum:.10e}',
+    }
+
+  def accumulator(self) -> DigitsAccumulator:
+    """A streaming report(): feed it features() batch by batch."""
+    return DigitsAccumulator(self)
+
+
+class DigitsAccumulator:
+  """DigitsMetric.report() from features() of batches: float64 running feature statistics
+  and accuracy counts, so memory does not grow with the number of samples."""
+
+  def __init__(self, metric: DigitsMetric):
+    self.metric = metric
+    self.stats = frechet.RunningStatistics(FEATURE_DIM)
+    self.correct = 0
+    self.known = 0
+
+  def update(self, logits: np.ndarray, features: np.ndarray, labels: np.ndarray) -> None:
+    """Adds a batch: logits [B, 10], features [B, 64], labels [B] (-1 = unconditional)."""
+    labels = np.asarray(labels).reshape(-1)
+    self.stats.update(features)
+    known = labels >= 0
+    self.correct += int(np.sum(np.argmax(logits[known], -1) == labels[known]))
+    self.known += int(known.sum())
+
+  def report(self) -> dict[str, float]:
+    """The keys of DigitsMetric.report()."""
+    mu, sigma = self.stats.statistics()
+    out = {'digits_frechet': frechet.frechet_distance(mu, sigma, *self.metric.train_stats)}
+    if self.known:
+      out['digits_accuracy'] = self.correct / self.known
+    return self.metric._with_real(out)

@@ -11,10 +11,19 @@ Metrics (config.eval.metrics):
 - 'nll': negative log-likelihood bound in bits/dim on the test split (discrete-time objectives:
   the full-chain L_vlb of DDPM/iDDPM).
 
-Further config.eval keys (configs/default.py): batch_size (0 = config.sample.batch_size),
-seed (None = config.seed), inception_batch_size (200), is_splits (10), nll_split ('test'),
-nll_num_examples (1000), save_samples (False: when True the evaluated samples are written to
-workdir/eval/samples_NxHxWxC.npz in the ADM suite's format, arr_0 uint8 images, arr_1 labels).
+Further config.eval keys (configs/default.py): batch_size (samples per shard, one global
+batch over every device of every host; 0 = config.sample.batch_size), seed (None =
+config.seed), inception_batch_size (200), is_splits (10), nll_split ('test'),
+nll_num_examples (1000), save_samples (False: when True the evaluated samples are also written
+to workdir/eval/samples_NxHxWxC.npz in the ADM suite's format, arr_0 uint8 images, arr_1
+labels).
+
+At scale (streaming.py, shards.py): the samples go to workdir/eval/samples/shard_XXXXX.npz
+(uint8) and their features to workdir/eval/features/ as they are drawn, and a rerun after a
+kill or preemption samples only the shards not on disk; a manifest of what the samples depend
+on (checkpoint, sampler and model settings, seed, shard size) keeps a rerun with other
+settings from reusing them. The statistics are streamed from the feature files in float64, so
+host memory stays bounded at any number and size of samples.
 
 Everything a metric needs is checked before sampling starts, so a missing weights file fails in
 seconds rather than after an hour of sampling. The protocol (number of samples, sampler, NFE,
@@ -27,7 +36,6 @@ Source: Heusel et al. 2017 (FID); Salimans et al. 2016 (IS); Kynkaanniemi et al.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -39,8 +47,9 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from diffusion_jax.evaluation import frechet, inception, inception_score, precision_recall
+from diffusion_jax.evaluation import inception, streaming
 from diffusion_jax.evaluation import reference_stats as reference_lib
+from diffusion_jax.evaluation.streaming import PR_MAX_SAMPLES, class_balanced_labels  # noqa: F401
 
 if TYPE_CHECKING:
   from diffusion_jax.config import RunConfig
@@ -49,7 +58,6 @@ METRICS = ('digits', 'fid', 'is', 'pr', 'nll')
 SAMPLE_METRICS = ('digits', 'fid', 'is', 'pr')
 INCEPTION_METRICS = ('fid', 'is', 'pr')
 DISCRETE_OBJECTIVES = ('ddpm', 'iddpm')
-PR_MAX_SAMPLES = 10_000  # the ADM suite's precision/recall subset size.
 
 SampleFn = Callable[..., Any]
 NllFn = Callable[[np.ndarray, np.ndarray, jax.Array], np.ndarray]
@@ -143,63 +151,6 @@ def check_run(run: RunConfig) -> None:
       f"{run.diffusion.objective!r}. Remove 'nll' from config.eval.metrics or train a "
       'DDPM/iDDPM model.'
     )
-
-
-def class_balanced_labels(start: int, count: int, num_classes: int) -> np.ndarray:
-  """Labels start..start+count-1 cycling over the classes (-1 for unconditional models)."""
-  if num_classes <= 0:
-    return np.full((count,), -1, np.int32)
-  return ((start + np.arange(count)) % num_classes).astype(np.int32)
-
-
-def _takes_labels(sample_fn: SampleFn) -> bool:
-  # Two calling conventions: sample_fn(num_samples, rng) -> (images, labels), or the trainer's
-  # sample_fn(labels, rng) -> images (the evaluator then picks class-balanced labels).
-  flag = getattr(sample_fn, 'takes_labels', None)
-  if flag is not None:
-    return bool(flag)
-  try:
-    params = list(inspect.signature(sample_fn).parameters)
-  except (TypeError, ValueError):
-    return False
-  return bool(params) and params[0] == 'labels'
-
-
-def _as_float_images(images: Any, count: int, run: RunConfig) -> np.ndarray:
-  images = np.asarray(jax.device_get(images))
-  if images.dtype == np.uint8:
-    images = images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-  images = np.clip(images.astype(np.float32), -1.0, 1.0)
-  want = (count, run.data.image_size, run.data.image_size, run.data.num_channels)
-  if images.shape != want:
-    raise ValueError(
-      f'sample_fn returned images of shape {images.shape}; expected {want} '
-      '(config.data.image_size / num_channels).'
-    )
-  return images
-
-
-def sample_batches(sample_fn: SampleFn, run: RunConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Yields (images [b, H, W, C] float in [-1, 1], labels [b]) until num_samples are drawn."""
-  settings = run.eval
-  key = jax.random.key(settings.seed)
-  takes_labels = _takes_labels(sample_fn)
-  from diffusion_jax.training import progress
-
-  meter = progress.Throughput('eval: sampled', settings.num_samples)
-  meter.begin()
-  for i, start in enumerate(range(0, settings.num_samples, settings.batch_size)):
-    n = min(settings.batch_size, settings.num_samples - start)
-    rng = jax.random.fold_in(key, i)
-    if takes_labels:
-      labels = class_balanced_labels(start, n, run.model.num_classes)
-      images = sample_fn(labels, rng)
-    else:
-      out = sample_fn(n, rng)
-      images, labels = out if isinstance(out, tuple) else (out, np.full((n,), -1, np.int32))
-    if jax.process_index() == 0:
-      logging.info('%s', meter.line(start + n))
-    yield _as_float_images(images, n, run), np.asarray(labels, np.int32).reshape(-1)
 
 
 def protocol(run: RunConfig, nfe: int | None) -> dict[str, Any]:
@@ -361,17 +312,6 @@ def _reference_pr_features(path: str, extractor) -> np.ndarray:
   return np.concatenate(feats)
 
 
-def _save_samples_npz(eval_dir: str, saved: list[tuple[np.ndarray, np.ndarray]]) -> str:
-  # The ADM suite's sample-batch format: uint8 images under arr_0, labels under arr_1.
-  images = np.concatenate([s[0] for s in saved])
-  labels = np.concatenate([s[1] for s in saved])
-  os.makedirs(eval_dir, exist_ok=True)
-  path = os.path.join(eval_dir, f'samples_{"x".join(str(d) for d in images.shape)}.npz')
-  np.savez(path, arr_0=images, arr_1=labels)
-  print(f'Saved the evaluated samples to {path}.', flush=True)
-  return path
-
-
 @dataclasses.dataclass
 class _Prerequisites:
   """What the requested metrics need, loaded before any sampling."""
@@ -398,42 +338,6 @@ def _prerequisites(run: RunConfig, eval_dir: str) -> _Prerequisites:
 
     out.digits = digits_metric.DigitsMetric(run.data.image_size, cache_dir=eval_dir)
   return out
-
-
-def _sample_metrics(
-  run: RunConfig, sample_fn: SampleFn, pre: _Prerequisites, eval_dir: str
-) -> dict[str, float]:
-  wanted, results, t0 = run.eval.metrics, {}, time.time()
-  pool_stats = None
-  logits, pr_feats, digit_images, digit_labels, saved = [], [], [], [], []
-  for images, labels in sample_batches(sample_fn, run):
-    if run.eval.save_samples:
-      saved.append((np.round((images + 1.0) * 127.5).astype(np.uint8), labels))
-    if pre.digits is not None:
-      digit_images.append(images)
-      digit_labels.append(labels)
-    if pre.extractor is not None:
-      out = pre.extractor(images)
-      if pool_stats is None:
-        pool_stats = frechet.RunningStatistics(out['pool'].shape[1])
-      pool_stats.update(out['pool'])
-      logits.append(out['logits'])
-      if 'pr' in wanted and sum(len(f) for f in pr_feats) < PR_MAX_SAMPLES:
-        pr_feats.append(out['pool'])
-  results['sampling_and_features_seconds'] = time.time() - t0
-  if saved and jax.process_index() == 0:
-    _save_samples_npz(eval_dir, saved)
-  if pre.digits is not None:
-    results.update(pre.digits.report(np.concatenate(digit_images), np.concatenate(digit_labels)))
-  if 'fid' in wanted:
-    results['fid'] = frechet.frechet_distance(*pool_stats.statistics(), *pre.ref_stats)
-  if 'is' in wanted:
-    mean, std = inception_score.inception_score(np.concatenate(logits), run.eval.is_splits)
-    results['inception_score'], results['inception_score_std'] = mean, std
-  if 'pr' in wanted:
-    fake = np.concatenate(pr_feats)[:PR_MAX_SAMPLES]
-    results.update(precision_recall.precision_recall(pre.real_pr_feats, fake))
-  return results
 
 
 def _write_results(eval_dir: str, proto: dict, results: dict[str, float]) -> None:
@@ -466,7 +370,10 @@ def evaluate(
       [-1, 1], labels [N])` or — when its first parameter is named `labels` (or it has
       `takes_labels = True`) — `sample_fn(labels [N], rng) -> images` (float in [-1, 1] or
       uint8), the evaluator choosing class-balanced labels. May be None when only 'nll' is
-      requested.
+      requested. Called once per shard not yet on disk, with the shard's labels and
+      fold_in(key(config.eval.seed), shard index). A `process_local` attribute (as
+      generation.load_sampler's sampler has) makes each host sample only its rows; a
+      `fingerprint` attribute (a JSON-able dict) identifies its parameters in the manifest.
     nll_fn: for 'nll': `(images, labels, rng) -> bits/dim [B]`; default: the discrete-time
       objective's L_vlb bound with the EMA parameters of the latest checkpoint in workdir.
     nll_batches: for 'nll': iterable of {'image', 'label'} real batches; default: the
@@ -474,7 +381,8 @@ def evaluate(
     components: the run's build.Components, shared with the sampler (default: built here).
 
   Returns:
-    {metric name: float}, e.g. {'fid': ..., 'inception_score': ..., 'digits_accuracy': ...}.
+    {metric name: float}, e.g. {'fid': ..., 'inception_score': ..., 'digits_accuracy': ...},
+    the same on every process (process 0 writes the files).
   """
   from diffusion_jax import build as build_lib
   from diffusion_jax import config as config_lib
@@ -495,7 +403,7 @@ def evaluate(
   logging.info('%s', _format_protocol(proto))
   results: dict[str, float] = {}
   if any(m in SAMPLE_METRICS for m in wanted):
-    results.update(_sample_metrics(run, sample_fn, pre, eval_dir))
+    results.update(streaming.sample_metrics(run, sample_fn, pre, eval_dir))
   if 'nll' in wanted:
     t1 = time.time()
     batches = nll_batches if nll_batches is not None else _nll_batches(run)
