@@ -215,3 +215,28 @@ def test_main_reconstructs_a_std_and_samples_from_it(straight, monkeypatch):
   )
   with np.load(os.path.join(out, 'samples', 'chen_ddpm_step_000008.npz')) as f:
     assert f['images'].shape == (10, 16, 16, 1)
+
+
+def test_checkpoints_keep_the_profiles_and_say_when_a_run_lacks_them(tmp_path):
+  p = {'w': jnp.arange(6.0).reshape(2, 3)}
+  state = training.TrainState(
+    step=jnp.int32(4),
+    params=p,
+    ema_params=p,
+    opt_state={},
+    rng=jax.random.PRNGKey(0),
+    objective_state={},
+    phema_params=(jax.tree.map(lambda x: x + 1, p), jax.tree.map(lambda x: x + 2, p)),
+  )
+  plain = state.replace(phema_params=())
+  abstract = lambda s: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), s)
+  for name, saved in (('with', state), ('without', plain)):
+    with checkpointing.Checkpointer(str(tmp_path / name), save_every=1) as ckpt:
+      ckpt.save(4, saved, force=True)
+  with checkpointing.Checkpointer(str(tmp_path / 'with'), save_every=1) as ckpt:
+    restored = ckpt.restore(abstract(state))
+    np.testing.assert_array_equal(restored.phema_params[1]['w'], state.phema_params[1]['w'])
+    assert ckpt.restore(abstract(plain)).phema_params == ()  # post-hoc EMA turned off
+  with checkpointing.Checkpointer(str(tmp_path / 'without'), save_every=1) as ckpt:
+    with pytest.raises(ValueError, match='phema_snapshot_every=0 to resume it'):
+      ckpt.restore(abstract(state))

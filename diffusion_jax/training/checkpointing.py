@@ -5,8 +5,9 @@ objective state) and 'ema_params', so sampling can restore the EMA weights
 alone. Saves are asynchronous: the device-to-host copy happens in `save`, the
 write in the background. On SIGTERM (or a multi-host preemption notice) the
 loop saves the current step, waits for the write and exits cleanly. With post-hoc EMA
-on, 'train' also holds the power-function EMA profiles, and `PhemaSnapshots` keeps one
-snapshot of them per config.training.phema_snapshot_every steps in workdir/phema.
+on, a third item 'phema_params' holds the power-function EMA profiles, and
+`PhemaSnapshots` keeps one snapshot of them per config.training.phema_snapshot_every
+steps in workdir/phema.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from diffusion_jax.config import ConfigError
 from diffusion_jax.training.state import TrainState
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -39,8 +41,6 @@ def _split(state: TrainState) -> tuple[dict[str, Any], Any]:
     'rng': state.rng,
     'objective_state': state.objective_state,
   }
-  if state.phema_params:  # only with post-hoc EMA on: older checkpoints stay readable
-    train['phema_params'] = state.phema_params
   return train, state.ema_params
 
 
@@ -88,7 +88,7 @@ class Checkpointer:
       create=True,
     )
     self._manager = ocp.CheckpointManager(
-      self.directory, item_names=('train', 'ema_params'), options=options
+      self.directory, item_names=('train', 'ema_params', 'phema_params'), options=options
     )
     self._stop_requested = threading.Event()
     self._previous_handler = None
@@ -113,13 +113,19 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}.')
     train, ema = _split(abstract_state)
-    restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        train=ocp.args.StandardRestore(_as_abstract(train)),
-        ema_params=ocp.args.StandardRestore(_as_abstract(ema)),
-      ),
-    )
+    items = {
+      'train': ocp.args.StandardRestore(_as_abstract(train)),
+      'ema_params': ocp.args.StandardRestore(_as_abstract(ema)),
+    }
+    if abstract_state.phema_params:
+      if not os.path.isdir(os.path.join(self.directory, str(step), 'phema_params')):
+        raise ConfigError(
+          f'The checkpoint of step {step} in {self.directory} has no post-hoc EMA profiles '
+          '(trained without them): set config.training.phema_snapshot_every=0 to resume it, '
+          'or train in a new --workdir.'
+        )
+      items['phema_params'] = ocp.args.StandardRestore(_as_abstract(abstract_state.phema_params))
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     t = restored['train']
     return TrainState(
       step=t['step'],
@@ -128,19 +134,16 @@ class Checkpointer:
       opt_state=t['opt_state'],
       rng=t['rng'],
       objective_state=t['objective_state'],
-      phema_params=t.get('phema_params', ()),
+      phema_params=restored.get('phema_params') or (),
     )
 
   def save(self, step: int, state: TrainState, *, force: bool = False) -> bool:
     """Saves when `step` is due (or `force`); returns whether a save started."""
     train, ema = _split(state)
-    return self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        train=ocp.args.StandardSave(train), ema_params=ocp.args.StandardSave(ema)
-      ),
-      force=force,
-    )
+    items = {'train': ocp.args.StandardSave(train), 'ema_params': ocp.args.StandardSave(ema)}
+    if state.phema_params:
+      items['phema_params'] = ocp.args.StandardSave(state.phema_params)
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def should_stop(self, step: int) -> bool:
     """True after SIGTERM or when every host reached the preemption sync point."""
