@@ -3,13 +3,18 @@ killed evaluation resumed with the metrics of an uninterrupted one, stale shards
 and the streaming statistics against numpy."""
 
 import dataclasses
+import functools
 import glob
 import importlib
 import json
+import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,9 +30,11 @@ from diffusion_jax.evaluation import (
   shards,
 )
 from diffusion_jax.training import checkpointing
+from diffusion_jax.training import sharding as sharding_lib
 
 evaluate = importlib.import_module('diffusion_jax.evaluation.evaluate')
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES, SHARD = 40, 8  # 5 shards
 
 
@@ -65,16 +72,20 @@ def _config(**eval_overrides):
   return config
 
 
-@pytest.fixture(scope='module', autouse=True)
-def untrained_classifier():
-  """The digits metric with a fixed random classifier: deterministic, and nothing to train."""
+def _untrained_classifier():
+  """A fixed random digits classifier: deterministic, and nothing to train."""
   rng = np.random.default_rng(0)
   sizes = {'hidden': (256, 256), 'penultimate': (256, 64), 'head': (64, 10)}
   params = {
     name: {'kernel': rng.standard_normal(shape, np.float32) / 16, 'bias': np.zeros(shape[1:])}
     for name, shape in sizes.items()
   }
-  classifier = digits_metric.DigitsClassifier({'params': params}, 16)
+  return digits_metric.DigitsClassifier({'params': params}, 16)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def untrained_classifier():
+  classifier = _untrained_classifier()
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(digits_metric, 'load_or_train_classifier', lambda *a, **k: classifier)
     yield classifier
@@ -230,7 +241,7 @@ def test_changed_settings_do_not_reuse_shards(run_dir, straight):
   assert resampled.calls == 5
 
 
-def test_new_metric_reuses_the_stored_images(run_dir, straight, monkeypatch, tmp_path):
+def test_new_metric_reuses_the_stored_images(run_dir, straight, monkeypatch, tmp_path, caplog):
   # The Inception network is replaced by a fixed linear map (no compile): adding 'fid' to
   # a finished evaluation computes features from the stored shards and samples nothing.
   workdir = _copy(run_dir, 'new_metric')
@@ -266,3 +277,107 @@ def test_new_metric_reuses_the_stored_images(run_dir, straight, monkeypatch, tmp
   )
   np.testing.assert_allclose(got['fid'], want, rtol=1e-8)
   assert all(store.has_features(i, 'inception') for i in range(5))
+  # Other Inception weights: those features are recomputed, the images kept.
+  config.eval.inception_weights = 'other.npz'
+  with caplog.at_level(logging.WARNING):
+    again = _eval(run_dir[1], config, workdir, sampler)
+  assert sampler.calls == 0 and again['fid'] == got['fid']
+  assert 'hold inception features of other settings (weights)' in caplog.text
+  assert all(store.has_samples(i) and store.has_features(i, 'digits') for i in range(5))
+
+
+# ---------------------------------------------------------------------------------------------
+# Two hosts: 2 processes x 4 CPU devices (gloo) write the shards of 1 process x 8 devices.
+
+
+class ToySampler:
+  """A sampler without a network, over the global batch like load_sampler's process_local:
+  tanh(noise / 2 + label / 10), each process returning the rows its devices hold."""
+
+  takes_labels = True
+  fingerprint = {'toy': 1}
+
+  def __init__(self, fail_after=None):
+    self.sharding = sharding_lib.batch_sharding(sharding_lib.create_mesh(1))
+    self.fail_after, self.calls = fail_after, 0
+
+  def __call__(self, labels, rng):
+    raise AssertionError('the evaluator samples through process_local')
+
+  def process_local(self, labels, rng):
+    if self.fail_after is not None and self.calls >= self.fail_after:
+      raise Preempted
+    self.calls += 1
+    size = -(-len(labels) // jax.device_count()) * jax.device_count()
+    padded = np.pad(labels, (0, size - len(labels)))
+    labels = jax.make_array_from_callback((size,), self.sharding, lambda index: padded[index])
+    images = _toy_images(rng, labels, self.sharding)
+    rows, local = generation.local_rows(images)
+    return rows, generation.to_uint8(local)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _toy_images(rng, labels, sharding):
+  noise = jax.random.normal(rng, (labels.shape[0], 16, 16, 1))
+  images = jnp.tanh(noise / 2 + labels[:, None, None, None] / 10)
+  return jax.lax.with_sharding_constraint(images, sharding)
+
+
+def _host(argv):
+  """One process of the two-host job: killed after 2 shards, then resumed."""
+  args = dict(a.removeprefix('--').split('=', 1) for a in argv)
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+    coordinator_address=args['coordinator'],
+    num_processes=2,
+    process_id=int(args['process_id']),
+    initialization_timeout=120,
+  )
+  classifier = _untrained_classifier()
+  digits_metric.load_or_train_classifier = lambda *a, **k: classifier
+  with pytest.raises(Preempted):
+    evaluate.evaluate(_config(), args['workdir'], ToySampler(fail_after=2))
+  sampler = ToySampler()
+  results = evaluate.evaluate(_config(), args['workdir'], sampler)
+  with open(args['out'], 'w') as f:
+    json.dump({'calls': sampler.calls, 'devices': jax.local_device_count(), **results}, f)
+
+
+def test_two_hosts_resume_and_match_one_host(tmp_path):
+  from experiments.multihost_check import free_port
+
+  one = str(tmp_path / 'one')
+  want = evaluate.evaluate(_config(), one, ToySampler())
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  env['PYTHONPATH'] = os.pathsep.join([ROOT, *filter(None, [env.get('PYTHONPATH')])])
+  two, coordinator = str(tmp_path / 'two'), f'127.0.0.1:{free_port()}'
+  command = [sys.executable, os.path.abspath(__file__), f'--coordinator={coordinator}']
+  procs = [
+    subprocess.Popen(
+      [*command, f'--process_id={i}', f'--workdir={two}', f'--out={tmp_path}/host{i}.json'],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  for p in procs:
+    log, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, log[-3000:]
+  for i in range(2):
+    with open(tmp_path / f'host{i}.json') as f:
+      got = json.load(f)
+    assert got['devices'] == 4 and got['calls'] == 3  # the 2 finished shards were kept
+    assert _metrics(got) == {**_metrics(want), 'calls': 3, 'devices': 4}
+  a = shards.ShardStore(os.path.join(one, 'eval'), NUM_SAMPLES, SHARD)
+  b = shards.ShardStore(os.path.join(two, 'eval'), NUM_SAMPLES, SHARD)
+  for i in range(a.num_shards):
+    for x, y in zip(a.load_samples(i), b.load_samples(i), strict=True):
+      np.testing.assert_array_equal(x, y)
+  assert len(np.unique(a.load_samples(0)[0].reshape(SHARD, -1), axis=0)) == SHARD
+
+
+if __name__ == '__main__':
+  _host(sys.argv[1:])

@@ -399,8 +399,9 @@ def evaluate(
   if 'nll' in wanted and nll_fn is None:
     nll_fn = nll_fn_from_checkpoint(components, workdir)
   proto = protocol(run, build_lib.sampler_nfe(components))
-  print(_format_protocol(proto), flush=True)
-  logging.info('%s', _format_protocol(proto))
+  if jax.process_index() == 0:
+    print(_format_protocol(proto), flush=True)
+    logging.info('%s', _format_protocol(proto))
   results: dict[str, float] = {}
   if any(m in SAMPLE_METRICS for m in wanted):
     results.update(streaming.sample_metrics(run, sample_fn, pre, eval_dir))

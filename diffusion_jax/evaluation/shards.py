@@ -97,6 +97,13 @@ def save_json(path: str, obj: Any) -> str:
   return path
 
 
+def _delete(paths: list[str], why: str) -> None:
+  if paths:
+    logging.warning('eval: deleting %d shard files (%s ...): they %s.', len(paths), paths[0], why)
+  for path in paths:
+    os.remove(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardStore:
   """The shard files of one evaluation directory.
@@ -162,53 +169,29 @@ class ShardStore:
     """
     os.makedirs(self.samples_dir, exist_ok=True)
     os.makedirs(self.features_dir, exist_ok=True)
-    for tmp in glob.glob(os.path.join(self.samples_dir, '.*.tmp-*')) + glob.glob(
-      os.path.join(self.features_dir, '.*.tmp-*')
-    ):
+    for tmp in self._glob('.*.tmp-*'):
       os.remove(tmp)  # left by a killed run
     sample_settings = canonical(sample_settings)
-    old = self.read_manifest()
-    old_samples = (old or {}).get('samples', {})
+    old = self.read_manifest() or {}
+    old_samples = old.get('samples', {})
     features: dict[str, Any] = {}
-    existing = glob.glob(os.path.join(self.samples_dir, 'shard_*.npz')) + glob.glob(
-      os.path.join(self.features_dir, 'shard_*.npz')
-    )
-    if (
-      old is None
-      or old.get('version') != FORMAT_VERSION
-      or old_samples.get('fingerprint') != fingerprint(sample_settings)
-    ):
-      if existing:
-        what = (
-          'no manifest of the current format'
-          if old is None or old.get('version') != FORMAT_VERSION
-          else 'other settings: '
-          + ', '.join(changed_keys(old_samples.get('settings'), sample_settings))
-        )
-        logging.warning(
-          'eval: the %d shard files in %s were made with %s; deleting them and sampling afresh.',
-          len(existing),
-          self.eval_dir,
-          what,
-        )
-        for path in existing:
-          os.remove(path)
+    if old.get('version') != FORMAT_VERSION:
+      _delete(self._glob('shard_*.npz'), 'were made without a manifest of the current format')
+    elif old_samples.get('fingerprint') != fingerprint(sample_settings):
+      changed = ', '.join(changed_keys(old_samples.get('settings'), sample_settings))
+      _delete(self._glob('shard_*.npz'), f'were made with other settings ({changed})')
     else:
       features = dict(old.get('features', {}))
     for name, settings in feature_settings.items():
       settings = canonical(settings)
       entry = features.get(name)
-      if entry is not None and entry.get('fingerprint') != fingerprint(settings):
-        stale = glob.glob(os.path.join(self.features_dir, f'shard_*.{name}.npz'))
-        logging.warning(
-          'eval: the %s features of %d shards were computed with other settings (%s); '
-          'recomputing them from the stored images.',
-          name,
-          len(stale),
-          ', '.join(changed_keys(entry.get('settings'), settings)),
+      if entry is None or entry.get('fingerprint') != fingerprint(settings):
+        changed = ', '.join(changed_keys((entry or {}).get('settings'), settings))
+        _delete(
+          self._glob(f'shard_*.{name}.npz', samples=False),
+          f'hold {name} features of other settings ({changed}); they are recomputed from the '
+          'stored images',
         )
-        for path in stale:
-          os.remove(path)
       features[name] = {'fingerprint': fingerprint(settings), 'settings': settings}
     manifest = {
       'version': FORMAT_VERSION,
@@ -218,6 +201,10 @@ class ShardStore:
     }
     save_json(self.manifest_path, manifest)
     return manifest
+
+  def _glob(self, pattern: str, samples: bool = True) -> list[str]:
+    dirs = [self.samples_dir, self.features_dir] if samples else [self.features_dir]
+    return sorted(p for d in dirs for p in glob.glob(os.path.join(d, pattern)))
 
   def _rows(self, path: str, key: str) -> int | None:
     if not os.path.isfile(path):
