@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import schedules
-from diffusion_jax.objectives import self_conditioning
+from diffusion_jax.objectives import example_rng, self_conditioning
 from diffusion_jax.objectives.config import DiffusionConfig
 from diffusion_jax.samplers.guidance import classifier_free_guidance
 
@@ -110,6 +110,15 @@ class Objective(abc.ABC):
     """The objective's training state (iDDPM's loss history); `{}` when stateless."""
     return {}
 
+  def update_state(self, state: Any, metrics: dict[str, jax.Array]) -> Any:
+    """The state after a batch, from its loss metrics; the same state when stateless.
+
+    A gradient-accumulating step draws every micro-batch with the step's starting
+    state and updates it once, here, with the whole batch's metrics in batch order.
+    """
+    del metrics
+    return state
+
   @abc.abstractmethod
   def loss(
     self,
@@ -120,7 +129,11 @@ class Objective(abc.ABC):
     state: Any,
     train: bool = True,
   ) -> LossOutput:
-    """(scalar loss, metrics with 'loss_per_example' [B] and 'noise_t' [B], new state)."""
+    """(scalar loss, metrics with 'loss_per_example' [B] and 'noise_t' [B], new state).
+
+    `rng` is one key or per-example keys [B] (`example_rng`): each example's draws
+    depend on its own key only. Metrics hold per-example arrays [B] and scalar means.
+    """
 
   def call_model(
     self,
@@ -134,13 +147,21 @@ class Objective(abc.ABC):
   ) -> jax.Array:
     """Runs the model for a loss, with label dropout (training only) and self-conditioning.
 
+    `rng` is one key or per-example keys [B]: the label dropout and the
+    self-conditioning coin of an example come from its own key, the model's dropout
+    key from `example_rng.model_key`.
+
     Source: Ho & Salimans 2021 (label dropout); Chen et al. 2022, Analog Bits
     (self-conditioning).
     """
-    rng_drop, rng_model = jax.random.split(rng)
+    cfg = self.config
+    keys = example_rng.example_keys(rng, x_in.shape[0])
     label = batch.get('label')
     if train:
-      label = self_conditioning.drop_labels(label, rng_drop, self.config.label_drop_prob)
+      label = self_conditioning.drop_labels(label, keys, cfg.label_drop_prob)
+    coin = None
+    if 0.0 < cfg.self_cond_rate < 1.0:
+      coin = self_conditioning.self_cond_coin(keys, cfg.self_cond_rate, x_in.shape[0])
     pred, _, _ = self_conditioning.apply_with_self_cond(
       apply_fn,
       params,
@@ -148,9 +169,10 @@ class Objective(abc.ABC):
       noise_level,
       label=label,
       augment=batch.get('augment'),
-      rate=self.config.self_cond_rate,
-      rng=rng_model,
+      rate=cfg.self_cond_rate,
+      rng=example_rng.model_key(keys),
       train=train,
+      coin=coin,
     )
     return pred
 

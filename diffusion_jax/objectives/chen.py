@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import parameterization, schedules
+from diffusion_jax.objectives import example_rng
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims, per_example
 
 
@@ -66,13 +67,13 @@ class ChenObjective(Objective):
     """
     cfg = self.config
     x0 = batch['image']  # [B, H, W, C]
-    rng_t, rng_eps, rng_model = jax.random.split(rng, 3)
-    t = jax.random.uniform(rng_t, x0.shape[:1], x0.dtype)  # [B]
+    keys = example_rng.example_keys(rng, x0.shape[0])  # [B]
+    t = example_rng.uniform(keys, example_rng.TIME, x0.dtype)  # [B]
     gamma = cfg.gamma_fn()(t)  # [B]
-    eps = jax.random.normal(rng_eps, x0.shape, x0.dtype)
+    eps = example_rng.normal(keys, example_rng.NOISE, x0.shape[1:], x0.dtype)
     _, x_in = noise_input(x0, eps, gamma, cfg.scale, cfg.normalize)
     pred = self.call_model(
-      apply_fn, params, x_in, parameterization.NOISE_LEVEL_SCALE * gamma, batch, rng_model, train
+      apply_fn, params, x_in, parameterization.NOISE_LEVEL_SCALE * gamma, batch, keys, train
     )
     target = parameterization.prediction_target(cfg.prediction, cfg.scale * x0, eps, gamma)
     loss_per_example = mean_over_dims(jnp.square(pred - target))  # [B]

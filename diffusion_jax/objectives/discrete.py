@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import parameterization, schedules
-from diffusion_jax.objectives import importance, vlb
+from diffusion_jax.objectives import example_rng, importance, vlb
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims
 
 
@@ -67,16 +67,16 @@ class DiscreteObjective(Objective):
     num_t = tables.num_timesteps
     x0 = batch['image']  # [B, H, W, C]
     b = x0.shape[0]
-    rng_t, rng_eps, rng_model = jax.random.split(rng, 3)
+    keys = example_rng.example_keys(rng, b)  # [B]
     if cfg.importance_sampling:
-      index, weights = importance.sample_timesteps(state, rng_t, b)
+      index, weights = importance.sample_timesteps(state, keys, b)
     else:
-      index = jax.random.randint(rng_t, (b,), 0, num_t, jnp.int32)
+      index = example_rng.randint(keys, example_rng.TIME, 0, num_t)
       weights = jnp.ones((b,), x0.dtype)
-    eps = jax.random.normal(rng_eps, x0.shape, x0.dtype)
+    eps = example_rng.normal(keys, example_rng.NOISE, x0.shape[1:], x0.dtype)
     x_t = vlb.q_sample(x0, index, eps, tables)
     noise_level = self.model_timesteps(tables.timesteps[index])  # [B]
-    output = self.call_model(apply_fn, params, x_t, noise_level, batch, rng_model, train)
+    output = self.call_model(apply_fn, params, x_t, noise_level, batch, keys, train)
     pred, v = vlb.split_output(output, cfg.learn_variance)
     abar = vlb.Tables.gather(tables.abar, index, x0.ndim)
     target = parameterization.prediction_target(cfg.prediction, x0, eps, abar)
@@ -103,13 +103,18 @@ class DiscreteObjective(Objective):
         per_example = mse + cfg.hybrid_weight * num_t * vb
       else:
         per_example = vb
-    new_state = state
     if cfg.importance_sampling:
-      new_state = importance.update_history(state, index, per_example)
       metrics['importance_weight'] = weights
     metrics['loss_per_example'] = per_example
     metrics['noise_t'] = (index.astype(x0.dtype) + 1.0) / num_t
-    return jnp.mean(per_example * weights), metrics, new_state
+    metrics['index'] = index
+    return jnp.mean(per_example * weights), metrics, self.update_state(state, metrics)
+
+  def update_state(self, state: Any, metrics: dict[str, jax.Array]) -> Any:
+    """With importance sampling, pushes the batch's (index, loss) pairs into the history."""
+    if not self.config.importance_sampling:
+      return state
+    return importance.update_history(state, metrics['index'], metrics['loss_per_example'])
 
   def _denoise(self, apply_fn, params, x, sigma, label, self_cond, return_variance):
     cfg = self.config

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import parameterization
+from diffusion_jax.objectives import example_rng
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims, per_example
 
 
@@ -37,9 +38,10 @@ class EDMObjective(Objective):
   default_sampler = 'edm_heun'  # Algorithm 1 on the rho = 7 grid.
 
   def sample_sigma(self, rng: jax.Array, batch_size: int) -> jax.Array:
-    """ln sigma ~ N(P_mean, P_std^2): [B]."""
+    """ln sigma ~ N(P_mean, P_std^2): [B]; `rng` is one key or per-example keys [B]."""
     cfg = self.config
-    return jnp.exp(cfg.p_mean + cfg.p_std * jax.random.normal(rng, (batch_size,)))
+    keys = example_rng.example_keys(rng, batch_size)
+    return jnp.exp(cfg.p_mean + cfg.p_std * example_rng.normal(keys, example_rng.TIME, ()))
 
   def loss(self, apply_fn, params, batch: Batch, rng, state, train=True) -> LossOutput:
     """lambda(sigma) ||D(y + n; sigma) - y||^2, averaged over dimensions.
@@ -48,9 +50,10 @@ class EDMObjective(Objective):
     """
     cfg = self.config
     y = batch['image']  # [B, H, W, C]
-    rng_sigma, rng_n, rng_model = jax.random.split(rng, 3)
-    sigma = self.sample_sigma(rng_sigma, y.shape[0]).astype(y.dtype)  # [B]
-    x = y + per_example(sigma, y) * jax.random.normal(rng_n, y.shape, y.dtype)
+    keys = example_rng.example_keys(rng, y.shape[0])  # [B]
+    sigma = self.sample_sigma(keys, y.shape[0]).astype(y.dtype)  # [B]
+    n = example_rng.normal(keys, example_rng.NOISE, y.shape[1:], y.dtype)
+    x = y + per_example(sigma, y) * n
     c_skip, c_out, c_in, c_noise = parameterization.edm_preconditioning(sigma, cfg.sigma_data)
     f = self.call_model(
       apply_fn,
@@ -58,7 +61,7 @@ class EDMObjective(Objective):
       per_example(c_in, y) * x,
       parameterization.NOISE_LEVEL_SCALE * c_noise,
       batch,
-      rng_model,
+      keys,
       train,
     )
     d = per_example(c_skip, y) * x + per_example(c_out, y) * f

@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.objectives import example_rng
+
 HISTORY_PER_TERM = 10
 UNIFORM_PROB = 0.001
 
@@ -58,11 +60,14 @@ def sample_timesteps(
 ) -> tuple[jax.Array, jax.Array]:
   """Draws indices [B] from `probabilities` and their importance weights 1 / (T p_t) [B].
 
+  `rng` is one key or per-example keys [B]: each index comes from its example's key.
+
   Source: Nichol & Dhariwal 2021 code, `ScheduleSampler.sample`.
   """
   p = probabilities(state, uniform_prob)
   num_t = p.shape[0]
-  index = jax.random.categorical(rng, jnp.log(p), shape=(batch_size,)).astype(jnp.int32)
+  keys = example_rng.example_keys(rng, batch_size)
+  index = example_rng.categorical(keys, example_rng.TIME, jnp.log(p))
   weights = 1.0 / (num_t * p[index])
   return index, weights
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import schedules
+from diffusion_jax.objectives import example_rng
 from diffusion_jax.objectives.base import (
   Batch,
   LangevinStart,
@@ -83,12 +84,12 @@ class NCSNObjective(Objective):
     x0 = self.to_network(batch['image'])  # [B, H, W, C] in the network's range
     sigmas = self.sigmas
     num_levels = sigmas.shape[0]
-    rng_level, rng_z, rng_model = jax.random.split(rng, 3)
-    level = jax.random.randint(rng_level, x0.shape[:1], 0, num_levels)  # [B]
+    keys = example_rng.example_keys(rng, x0.shape[0])  # [B]
+    level = example_rng.randint(keys, example_rng.TIME, 0, num_levels)  # [B]
     sigma = sigmas[level].astype(x0.dtype)  # [B]
-    z = jax.random.normal(rng_z, x0.shape, x0.dtype)
+    z = example_rng.normal(keys, example_rng.NOISE, x0.shape[1:], x0.dtype)
     x = x0 + per_example(sigma, x0) * z
-    f = self.call_model(apply_fn, params, x, jnp.zeros_like(sigma), batch, rng_model, train)
+    f = self.call_model(apply_fn, params, x, jnp.zeros_like(sigma), batch, keys, train)
     # sigma^2 ||F / sigma + z / sigma||^2 / 2 without the 1 / sigma^2 round trip.
     sq = 0.5 * jnp.square(f + z)
     if self.config.ncsn_loss_reduction == 'sum':

@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.objectives import example_rng
+
 
 def check_rate(rate: float, name: str) -> float:
   """Returns a probability as a Python float, or raises ValueError naming the config key."""
@@ -27,14 +29,24 @@ def drop_labels(label: jax.Array | None, rng: jax.Array, prob: float) -> jax.Arr
   """Replaces each label by the null label -1 with probability `prob` (per example).
 
   Trains the unconditional model used by classifier-free guidance alongside the
-  conditional one.
+  conditional one. `rng` is one key or per-example keys [B] (example_rng).
 
   Source: Ho & Salimans 2021 (classifier-free guidance), Algorithm 1.
   """
   if label is None or prob == 0.0:
     return label
-  drop = jax.random.bernoulli(rng, prob, label.shape)  # [B]
+  keys = example_rng.example_keys(rng, label.shape[0])
+  drop = example_rng.bernoulli(keys, example_rng.LABEL, prob)  # [B]
   return jnp.where(drop, jnp.asarray(-1, label.dtype), label)
+
+
+def self_cond_coin(rng: jax.Array, rate: float, batch_size: int) -> jax.Array:
+  """Which examples are self-conditioned: Bernoulli(rate) per example, bool [B].
+
+  `rng` is one key or per-example keys [B] (example_rng).
+  """
+  keys = example_rng.example_keys(rng, batch_size)
+  return example_rng.bernoulli(keys, example_rng.COIN, rate)
 
 
 def mask_carry(carry: Any, keep: jax.Array) -> Any:
@@ -58,6 +70,7 @@ def apply_with_self_cond(
   rate: float = 0.0,
   rng: jax.Array | None = None,
   train: bool = False,
+  coin: jax.Array | None = None,
 ) -> tuple[jax.Array, Any, jax.Array | None]:
   """Runs the model with self-conditioning: (prediction, carry, coin [B] or None).
 
@@ -78,11 +91,13 @@ def apply_with_self_cond(
     label: int32 [B] or None.
     augment: [B, A] augmentation vector or None.
     rate: static probability of self-conditioning an example.
-    rng: PRNG key (needed when rate is in (0, 1) or when train is True).
+    rng: PRNG key (needed when rate is in (0, 1) without `coin`, or when train is True).
     train: enables dropout and friends in the model.
+    coin: bool [B], the examples to self-condition when rate is in (0, 1); drawn from
+      `rng` (`self_cond_coin`) when None.
   """
   if rng is None:
-    if train or 0.0 < rate < 1.0:
+    if train or (0.0 < rate < 1.0 and coin is None):
       raise ValueError('rng is required for training or for a self-conditioning rate in (0, 1).')
     rng = jax.random.key(0)
   rng_first, rng_second, rng_coin = jax.random.split(rng, 3)
@@ -93,7 +108,8 @@ def apply_with_self_cond(
   _, carry = apply_fn(params, x, noise_level, self_cond=None, rng=rng_first, **kwargs)
   carry = jax.lax.stop_gradient(carry)
   if rate < 1.0:
-    coin = jax.random.bernoulli(rng_coin, rate, (x.shape[0],))  # [B]
+    if coin is None:
+      coin = self_cond_coin(rng_coin, rate, x.shape[0])  # [B]
     carry = mask_carry(carry, coin)
   else:
     coin = jnp.ones((x.shape[0],), bool)

@@ -2,7 +2,9 @@
 
 `create_train_setup(components)` jits one train step over a ('data', 'fsdp') mesh of every
 device of every host: the loss of the global batch, its gradient (XLA inserts the
-cross-device mean), the optimizer update and the EMA, with the state donated.
+cross-device mean), the optimizer update and the EMA, with the state donated. With
+`config.training.grad_accum_steps = k` the gradient is the mean of k micro-batch
+gradients taken in a `lax.scan` inside the same compiled step.
 
 Source: Chen 2023, "On the Importance of Noise Scheduling for Diffusion Models",
 Sec. 4 (LAMB, EMA 0.9999, self-conditioning rate 0.9 with the RIN backbone).
@@ -18,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from diffusion_jax import build as build_lib
 from diffusion_jax import config as config_lib
@@ -117,29 +121,100 @@ def create_train_setup(components: Any, mesh: jax.sharding.Mesh | None = None) -
   )
 
 
+def split_micro_batches(tree: Any, k: int, num_devices: int) -> Any:
+  """[B, ...] leaves -> [k, B / k, ...]: micro-batch j takes rows j of each device's share.
+
+  The batch is split contiguously over the devices, so [B] -> [n, k, B / (n k)] keeps
+  every micro-batch's rows on the device that holds them (no cross-device traffic).
+  """
+
+  def split(x):
+    m = x.shape[0] // (num_devices * k)
+    x = jnp.swapaxes(x.reshape((num_devices, k, m) + x.shape[1:]), 0, 1)
+    return x.reshape((k, num_devices * m) + x.shape[3:])
+
+  return jax.tree.map(split, tree)
+
+
+def merge_micro_batches(tree: Any, k: int, num_devices: int) -> Any:
+  """Inverse of `split_micro_batches` for [k, B / k, ...] leaves; [k] leaves are averaged."""
+
+  def merge(x):
+    if x.ndim == 1:  # one scalar per micro-batch: equal sizes, so the mean of means
+      return jnp.mean(x, axis=0)
+    m = x.shape[1] // num_devices
+    x = jnp.swapaxes(x.reshape((k, num_devices, m) + x.shape[2:]), 0, 1)
+    return x.reshape((k * num_devices * m,) + x.shape[3:])
+
+  return jax.tree.map(merge, tree)
+
+
 def make_train_step(components: build_lib.Components) -> Callable:
-  """(state, batch) -> (state, metrics) of one optimizer step on the global batch."""
+  """(state, batch) -> (state, metrics) of one optimizer step on the global batch.
+
+  Every example's randomness (noise, t, self-conditioning coin, label dropout) comes
+  from its own key, `split(fold_in(state.rng, step), B)[i]` at its position i in the
+  global batch, so with `grad_accum_steps = k` the k micro-batches draw exactly what
+  one pass over the batch draws. The objective's state (iDDPM's loss history) is read
+  as it was at the start of the step by every micro-batch and updated once with the
+  whole batch. The model's own dropout / drop-path key is one per micro-batch: k > 1
+  equals k = 1 up to float rounding only for a model without dropout.
+  """
   run, model, objective, tx = (
     components.run,
     components.model,
     components.objective,
     components.tx,
   )
+  k = run.training.grad_accum_steps
+  mesh = components.mesh
+  num_devices = mesh.size
+  batch_axes = sharding_lib.BATCH_AXES
+  param_sharding = components.state_sharding.params
+
+  def constrain(tree: Any, spec: P) -> Any:
+    return jax.tree.map(
+      lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec)), tree
+    )
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
-    rng = jax.random.fold_in(state.rng, state.step)
     if not run.conditional:  # an unconditional network never sees labels
-      batch = {k: v for k, v in batch.items() if k != 'label'}
+      batch = {key: v for key, v in batch.items() if key != 'label'}
+    b = batch['image'].shape[0]
+    keys = jax.random.split(jax.random.fold_in(state.rng, state.step), b)  # [B] per example
+    inputs = constrain({'batch': batch, 'rng': keys}, P(batch_axes))
 
-    def loss_fn(params):
-      loss, metrics, new_obj_state = objective.loss(
-        model.apply, params, batch, rng, state.objective_state, train=True
+    def grad_fn(micro: dict) -> tuple[jax.Array, dict, Any]:
+      def loss_fn(params):
+        loss, metrics, _ = objective.loss(
+          model.apply, params, micro['batch'], micro['rng'], state.objective_state, train=True
+        )
+        return loss, metrics
+
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      return loss, metrics, grads
+
+    if k == 1:
+      # The batch is the global batch: the mean inside the loss and hence the
+      # gradient are over all devices (XLA inserts the cross-device reduction).
+      loss, metrics, grads = grad_fn(inputs)
+    else:
+      micro = constrain(split_micro_batches(inputs, k, num_devices), P(None, batch_axes))
+
+      def body(acc, micro):
+        loss, metrics, grads = grad_fn(constrain(micro, P(batch_axes)))
+        acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, grads)
+        return jax.lax.with_sharding_constraint(acc, param_sharding), (loss, metrics)
+
+      zeros = jax.tree.map(
+        lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), state.params
       )
-      return loss, (metrics, new_obj_state)
-
-    # The batch is the global batch: the mean inside the loss and hence the
-    # gradient are over all devices (XLA inserts the cross-device reduction).
-    (loss, (metrics, obj_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      zeros = jax.lax.with_sharding_constraint(zeros, param_sharding)
+      acc, (losses, metrics) = jax.lax.scan(body, zeros, micro)
+      grads = jax.tree.map(lambda a, p: (a / k).astype(p.dtype), acc, state.params)
+      loss = jnp.mean(losses)
+      metrics = merge_micro_batches(metrics, k, num_devices)
+    obj_state = objective.update_state(state.objective_state, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = optim.ema_decay_for(run.optim, state.step, run.global_batch_size)
