@@ -44,6 +44,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.class_conditional = True
   model.learn_variance = True  # learn_sigma: 6 output channels (eps, v).
   model.dropout = 0.0  # adm_unet reads network_kwargs.dropout.
+  # Every create_model keyword, as the converter writes them (openai_unet.network_kwargs).
   model.network_kwargs = ml_collections.ConfigDict(
     dict(
       image_size=64,
@@ -61,6 +62,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       resblock_updown=True,
       use_new_attention_order=True,
       use_fp16=False,
+      use_checkpoint=False,
     )
   )
 

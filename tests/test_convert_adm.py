@@ -144,10 +144,11 @@ def test_our_network_maps_onto_every_reference_tensor(name):
     path = tuple(str(k.key) for k in key_path)
     ours[openai_unet.torch_name(path)] = openai_unet.reference_layout(path, tuple(spec.shape))
   assert ours == layer_list(meta_model(guided_unet.create_model, FLAGS[name]).state_dict())
-  # The config's network_kwargs are the README flags.
-  overrides = openai_unet.model_overrides(FLAGS[name])
-  assert overrides['data']['image_size'] == run.data.image_size
-  assert overrides['model']['learn_variance'] == run.model.learn_variance
+  # The config's network_kwargs are the README flags of the released file, resolved.
+  released = {'imagenet64': '64x64_diffusion.pt', 'cifar10': 'cifar10_uncond_50M_500K.pt'}[name]
+  flags = openai_unet.RELEASED[released]
+  assert openai_unet.network_kwargs(flags) == dict(CONFIGS[name].get_config().model.network_kwargs)
+  assert openai_unet.default_config({}, f'/downloads/{released}') == f'configs/adm_{name}.py'
 
 
 def _reference_package(package, env, mirror, tmp_path):
@@ -292,3 +293,45 @@ def test_bad_network_kwargs_fail_in_one_line(kwargs, match):
   with pytest.raises(ValueError, match=match) as info:
     models.create_model(config_lib.build_run_config(config, num_devices=8).model)
   assert '\n' not in str(info.value)
+
+
+def _torch_flags(kwargs):
+  """create_model keywords as the reference's command line gives them (comma lists)."""
+  out = dict(kwargs)
+  for key in ('channel_mult', 'attention_resolutions'):
+    out[key] = ','.join(str(v) for v in out[key])
+  out.pop('use_fp16')
+  out.pop('use_checkpoint')
+  return out
+
+
+def test_converted_checkpoint_samples_through_main(tmp_path, monkeypatch):
+  """The CLI's run directory samples with the paper's sampler (ancestral, learned sigma)."""
+  from absl import flags as absl_flags
+
+  import main as main_lib
+  from diffusion_jax.convert import __main__ as cli
+
+  flags = _torch_flags(adm_cifar10.get_config('tiny').model.network_kwargs)
+  path = str(tmp_path / 'tiny.pt')
+  torch.save(random_state_dict(guided_unet.create_model(**flags), seed=3), path)
+  with open(tmp_path / 'tiny.json', 'w') as f:
+    json.dump(flags, f)
+  workdir = str(tmp_path / 'run')
+  config = f'{ROOT}/configs/adm_cifar10.py:tiny'
+  argv = ['--from=openai_unet', f'--input={path}', f'--workdir={workdir}', f'--config={config}']
+  assert cli.main(argv) == 0
+  with open(os.path.join(workdir, 'convert.json')) as f:
+    record = json.load(f)
+  assert record['config_matches_checkpoint']
+
+  argv = ['main.py', f'--config={config}', f'--workdir={workdir}', '--mode=sample']
+  argv += ['--compilation_cache_dir=none']
+  monkeypatch.setattr(sys, 'argv', argv)
+  absl_flags.FLAGS.unparse_flags()
+  absl_flags.FLAGS(argv)
+  main_lib.main(['main.py'])
+  samples = np.load(os.path.join(workdir, 'samples', 'ddpm_step_000000.npz'))
+  images = samples['images']
+  assert images.shape == (8, 16, 16, 3) and images.dtype == np.uint8
+  assert len(np.unique(images)) > 10  # not a constant image

@@ -6,10 +6,13 @@
 
 The `.pt` files hold only tensors; the model flags are the ones on the reference README
 (`--image_size 64 --num_channels 192 ...`), given as `create_model`'s keyword arguments:
-a dict (values may be the command-line strings, 'True', '32,16,8'), a flag string, or a
-JSON file beside the checkpoint (`<name>.json`). Diffusion and sampling flags
-(diffusion_steps, noise_schedule, ...) are accepted and ignored here; they belong in the
-run config. use_fp16 is ignored as well: the reference saves float32 master weights.
+a dict (values may be the command-line strings, 'True', '32,16,8'), a flag string, a
+JSON file beside the checkpoint (`<name>.json`), or, for the released checkpoints under
+their published file names, the README's flags (RELEASED). Missing flags take the scripts'
+defaults (model_and_diffusion_defaults), as on the reference command line. Diffusion
+and sampling flags (diffusion_steps, noise_schedule, ...) are accepted and ignored here;
+they belong in the run config. use_fp16 is ignored as well: the reference saves float32
+master weights.
 
 Our parameter names are the reference's with `_` for `.` (diffusion_jax/models/
 adm_unet.py), so every tensor maps by rule; Conv2d [O, I, kh, kw] -> HWIO, Linear and the
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from diffusion_jax.convert.common import ConversionError, Format, StateDict, TensorTaker
+from diffusion_jax.models import adm_unet
 from diffusion_jax.models.adm_unet import KWARG_DEFAULTS
 
 # Flags of the reference scripts that do not shape the network.
@@ -51,6 +55,53 @@ NON_MODEL_FLAGS = frozenset(
     'lr',
   }
 )
+# The README flags of the released UNetModel checkpoints, by file name.
+_GUIDED = (
+  '--attention_resolutions 32,16,8 --diffusion_steps 1000 --learn_sigma True '
+  '--resblock_updown True --use_fp16 True --use_scale_shift_norm True '
+)
+_GUIDED_256 = _GUIDED + '--noise_schedule linear --num_channels 256 --num_head_channels 64 '
+_GUIDED_LSUN = _GUIDED_256 + '--class_cond False --image_size 256 --num_res_blocks 2 '
+_IMPROVED_64 = '--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True '
+_IMPROVED_64 += '--diffusion_steps 4000 --noise_schedule cosine'
+_IMPROVED_32 = '--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True '
+_IMPROVED_32 += '--dropout 0.3 --diffusion_steps 4000 --noise_schedule cosine'
+_IMPROVED_LSUN = (
+  '--image_size 256 --num_channels 128 --num_res_blocks 2 --num_heads 1 --learn_sigma True '
+  '--use_scale_shift_norm False --attention_resolutions 16 --diffusion_steps 1000 '
+  '--noise_schedule linear --rescale_learned_sigmas False --rescale_timesteps False'
+)
+RELEASED = {
+  # guided-diffusion (jul-2021).
+  '64x64_diffusion.pt': _GUIDED + '--class_cond True --dropout 0.1 --image_size 64 '
+  '--noise_schedule cosine --num_channels 192 --num_head_channels 64 --num_res_blocks 3 '
+  '--use_new_attention_order True',
+  '128x128_diffusion.pt': _GUIDED + '--class_cond True --image_size 128 '
+  '--noise_schedule linear --num_channels 256 --num_heads 4 --num_res_blocks 2',
+  '256x256_diffusion.pt': _GUIDED_256 + '--class_cond True --image_size 256 --num_res_blocks 2',
+  '256x256_diffusion_uncond.pt': _GUIDED_LSUN,
+  '512x512_diffusion.pt': _GUIDED_256 + '--class_cond True --image_size 512 --num_res_blocks 2',
+  'lsun_bedroom.pt': _GUIDED_LSUN + '--dropout 0.1',
+  'lsun_cat.pt': _GUIDED_LSUN + '--dropout 0.1',
+  'lsun_horse.pt': _GUIDED_LSUN + '--dropout 0.1',
+  'lsun_horse_nodropout.pt': _GUIDED_LSUN + '--dropout 0.0',
+  # improved-diffusion (march-2021).
+  'imagenet64_uncond_100M_1500K.pt': _IMPROVED_64,
+  'imagenet64_uncond_vlb_100M_1500K.pt': _IMPROVED_64 + ' --use_kl True',
+  'cifar10_uncond_50M_500K.pt': _IMPROVED_32,
+  'cifar10_uncond_vlb_50M_500K.pt': _IMPROVED_32 + ' --use_kl True',
+  'imagenet64_cond_270M_250K.pt': '--image_size 64 --num_channels 192 --num_res_blocks 3 '
+  '--learn_sigma True --class_cond True --diffusion_steps 4000 --noise_schedule cosine '
+  '--rescale_learned_sigmas False --rescale_timesteps False',
+  'lsun_uncond_100M_1200K_bs128.pt': _IMPROVED_LSUN,
+  'lsun_uncond_100M_2400K_bs64.pt': _IMPROVED_LSUN,
+}
+# Our configs for the released checkpoints.
+CONFIGS = {
+  '64x64_diffusion.pt': 'configs/adm_imagenet64.py',
+  'cifar10_uncond_50M_500K.pt': 'configs/adm_cifar10.py',
+  'cifar10_uncond_vlb_50M_500K.pt': 'configs/adm_cifar10.py',
+}
 _LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
 _CONV1D = ('qkv', 'proj_out')  # the attention's 1x1 Conv1d layers, Dense here.
 
@@ -80,7 +131,10 @@ def parse_flags(flags: Mapping[str, Any] | str) -> dict[str, Any]:
 
 
 def network_kwargs(flags: Mapping[str, Any] | str) -> dict[str, Any]:
-  """The flags that shape the network (config.model.network_kwargs of `adm_unet`)."""
+  """The flags that shape the network, all of them (config.model.network_kwargs of adm_unet).
+
+  Missing flags take the reference scripts' defaults (adm_unet.KWARG_DEFAULTS).
+  """
   flags = parse_flags(flags)
   unknown = sorted(set(flags) - set(KWARG_DEFAULTS) - NON_MODEL_FLAGS)
   if unknown:
@@ -88,24 +142,17 @@ def network_kwargs(flags: Mapping[str, Any] | str) -> dict[str, Any]:
       f'unknown model flag(s) {unknown} for openai_unet; create_model takes '
       f'{tuple(KWARG_DEFAULTS)}.'
     )
-  kwargs = {k: v for k, v in flags.items() if k in KWARG_DEFAULTS and k != 'use_fp16'}
+  model = {k: v for k, v in flags.items() if k in KWARG_DEFAULTS and k != 'use_fp16'}
   for key in ('image_size', 'num_channels', 'num_res_blocks'):
-    if key not in kwargs:
+    if model.get(key) is None:
       raise ValueError(f'openai_unet needs the model flag {key!r} (see the reference README).')
-  if isinstance(kwargs.get('channel_mult'), str) and kwargs['channel_mult']:
-    kwargs['channel_mult'] = tuple(float(m) for m in kwargs['channel_mult'].split(','))
-  if isinstance(kwargs.get('attention_resolutions'), (str, int)):
-    kwargs['attention_resolutions'] = tuple(
-      int(r) for r in str(kwargs['attention_resolutions']).split(',')
-    )
-  return kwargs
+  return adm_unet.canonical_kwargs(model)
 
 
 def model_overrides(config: Mapping[str, Any] | str) -> dict[str, dict[str, Any]]:
   """`config.model` / `config.data` values of our `adm_unet` for the reference flags."""
   kwargs = network_kwargs(config)
-  class_cond = bool(kwargs.get('class_cond', False))
-  learn_sigma = bool(kwargs.get('learn_sigma', False))
+  class_cond, learn_sigma = kwargs['class_cond'], kwargs['learn_sigma']
   return {
     'model': {
       'name': 'adm_unet',
@@ -114,7 +161,7 @@ def model_overrides(config: Mapping[str, Any] | str) -> dict[str, dict[str, Any]
       'class_conditional': class_cond,
     },
     'data': {
-      'image_size': int(kwargs['image_size']),
+      'image_size': kwargs['image_size'],
       'num_channels': 3,
       'num_classes': 1000 if class_cond else 0,  # script_util.NUM_CLASSES
     },
@@ -131,7 +178,10 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def load(path: str) -> tuple[StateDict, dict[str, Any] | None]:
-  """The `.pt` state dict (torch.load, weights_only) and flags from `<name>.json`, if any."""
+  """The `.pt` state dict (torch.load, weights_only) and its flags, if known.
+
+  The flags: `<name>.json` beside the file, else the README's for a released file name.
+  """
   import torch
 
   obj = torch.load(path, map_location='cpu', weights_only=True)
@@ -144,7 +194,13 @@ def load(path: str) -> tuple[StateDict, dict[str, Any] | None]:
     if os.path.exists(candidate):
       with open(candidate) as f:
         return state_dict, json.load(f)
-  return state_dict, None
+  flags = RELEASED.get(os.path.basename(path))
+  return state_dict, (parse_flags(flags) if flags else None)
+
+
+def default_config(config: Mapping[str, Any], path: str = '') -> str | None:
+  """Our config for a released checkpoint (by its file name), or None."""
+  return CONFIGS.get(os.path.basename(path))
 
 
 def torch_name(path: tuple[str, ...]) -> str:
@@ -206,4 +262,5 @@ FORMAT = Format(
   model_overrides=model_overrides,
   convert=convert,
   forward=forward,
+  default_config=default_config,
 )

@@ -9,7 +9,8 @@ resampling residual blocks, multi-head attention at several resolutions, learned
 (image_size, num_channels, num_res_blocks, channel_mult, learn_sigma, class_cond,
 attention_resolutions, num_heads, num_head_channels, num_heads_upsample,
 use_scale_shift_norm, dropout, resblock_updown, use_new_attention_order, use_checkpoint,
-use_fp16 = False). improved-diffusion's `create_model` takes a subset of these and builds
+use_fp16 = False); a missing one takes the value the reference scripts give it
+(KWARG_DEFAULTS). improved-diffusion's `create_model` takes a subset of these and builds
 the same module: its attention is guided-diffusion's `QKVAttentionLegacy` (the default,
 use_new_attention_order=False), and its 32x32 channel multipliers (1, 2, 2, 2) are the
 `channel_mult=''` default here at image_size 32 (guided-diffusion has no 32x32 default).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -34,7 +36,10 @@ import numpy as np
 from diffusion_jax.models import layers
 from diffusion_jax.models.config import ModelConfig
 
-# create_model's keyword arguments and their defaults (guided_diffusion/script_util.py).
+# create_model's keyword arguments. Defaults: the scripts' model_and_diffusion_defaults()
+# (script_util.py), which every reference command line runs with (create_model's own
+# signature defaults are never used by the scripts: 1 head, attention at 16 only, no
+# scale-shift norm).
 KWARG_DEFAULTS: dict[str, Any] = {
   'image_size': None,  # None = config.data.image_size.
   'num_channels': None,  # required: the base width (UNetModel's model_channels).
@@ -43,11 +48,11 @@ KWARG_DEFAULTS: dict[str, Any] = {
   'learn_sigma': None,  # None = config.model.learn_variance.
   'class_cond': None,  # None = (config.data.num_classes > 0 and model.class_conditional).
   'use_checkpoint': False,
-  'attention_resolutions': '16',
-  'num_heads': 1,
+  'attention_resolutions': '16,8',
+  'num_heads': 4,
   'num_head_channels': -1,
   'num_heads_upsample': -1,
-  'use_scale_shift_norm': False,
+  'use_scale_shift_norm': True,
   'dropout': 0.0,
   'resblock_updown': False,
   'use_fp16': False,
@@ -61,6 +66,23 @@ DEFAULT_CHANNEL_MULT = {
   64: (1, 2, 3, 4),
   32: (1, 2, 2, 2),
 }
+_INT_KEYS = (
+  'image_size',
+  'num_channels',
+  'num_res_blocks',
+  'num_heads',
+  'num_head_channels',
+  'num_heads_upsample',
+)
+_BOOL_KEYS = (
+  'learn_sigma',
+  'class_cond',
+  'use_checkpoint',
+  'use_scale_shift_norm',
+  'resblock_updown',
+  'use_fp16',
+  'use_new_attention_order',
+)
 GROUPS = 32  # normalization(): GroupNorm32(32, channels).
 _KEY = 'config.model.network_kwargs'
 
@@ -112,6 +134,8 @@ def _as_int(name: str, value: Any) -> int:
 
 def _as_numbers(name: str, value: Any, cast: type) -> tuple:
   """A comma-separated string (the reference's flag form) or a sequence of numbers."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    value = (value,)  # one resolution, as a flag string '16' parses
   items = value.split(',') if isinstance(value, str) else value
   try:
     numbers = tuple(cast(v) for v in items)
@@ -123,6 +147,40 @@ def _as_numbers(name: str, value: Any, cast: type) -> tuple:
   if not numbers or min(numbers) <= 0:
     raise ValueError(f'{_KEY}.{name}={value!r} must list positive numbers.')
   return numbers
+
+
+def canonical_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+  """Every create_model keyword, resolved: equal networks give equal dicts.
+
+  Missing keys take the scripts' defaults (learn_sigma and class_cond False), flag strings
+  ('True', '192', '32,16,8') are parsed, channel_mult='' becomes the image size's table
+  entry and the multipliers ints where integral.
+  """
+  unknown = sorted(set(kwargs) - set(KWARG_DEFAULTS))
+  if unknown:
+    raise ValueError(f'unknown create_model keyword(s) {unknown}; valid: {tuple(KWARG_DEFAULTS)}.')
+  kw = {**KWARG_DEFAULTS, 'learn_sigma': False, 'class_cond': False}
+  kw.update((k, v) for k, v in kwargs.items() if v is not None)
+  for key in ('image_size', 'num_channels', 'num_res_blocks'):
+    if kw[key] is None:
+      raise ValueError(f'create_model needs {key!r} (the reference scripts have no default).')
+  out = {key: _as_int(key, kw[key]) for key in _INT_KEYS}
+  out.update((key, _as_bool(key, kw[key])) for key in _BOOL_KEYS)
+  out['dropout'] = float(kw['dropout'])
+  mult = kw['channel_mult']
+  if mult in ('', ()):
+    if out['image_size'] not in DEFAULT_CHANNEL_MULT:
+      raise ValueError(
+        f"{_KEY}.channel_mult='' has no default at image_size {out['image_size']} (defaults "
+        f'for {sorted(DEFAULT_CHANNEL_MULT)}); give channel_mult, e.g. "1,2,2,2".'
+      )
+    mult = DEFAULT_CHANNEL_MULT[out['image_size']]
+  mult = _as_numbers('channel_mult', mult, float)
+  out['channel_mult'] = tuple(int(m) if m == int(m) else m for m in mult)
+  out['attention_resolutions'] = _as_numbers(
+    'attention_resolutions', kw['attention_resolutions'], int
+  )
+  return out
 
 
 def settings_from_config(cfg: ModelConfig) -> ADMSettings:
