@@ -216,6 +216,12 @@ def test_main_reconstructs_a_std_and_samples_from_it(straight, monkeypatch):
   with np.load(os.path.join(out, 'samples', 'chen_ddpm_step_000008.npz')) as f:
     assert f['images'].shape == (10, 16, 16, 1)
 
+  # An earlier snapshot step replaces the export; a step without a snapshot is refused.
+  _main([*common, '--mode=phema', '--phema_std=0.08', '--phema_step=4'], monkeypatch)
+  assert checkpointing.latest_step(out) == 4
+  with pytest.raises(SystemExit, match=r'--phema_step=5 is not a snapshot step'):
+    _main([*common, '--mode=phema', '--phema_std=0.08', '--phema_step=5'], monkeypatch)
+
 
 def test_checkpoints_keep_the_profiles_and_say_when_a_run_lacks_them(tmp_path):
   p = {'w': jnp.arange(6.0).reshape(2, 3)}

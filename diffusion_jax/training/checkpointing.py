@@ -237,16 +237,16 @@ def save_ema_params(workdir: str, step: int, params: Any) -> str:
   """Writes `params` as the EMA parameters of a checkpoint of `step` in workdir/checkpoints.
 
   The result is a run directory that `restore_ema_params` (--mode=sample / --mode=eval
-  with --workdir) reads like a trained run's; it has no 'train' item. Every process
-  calls this (orbax writes each array once).
+  with --workdir) reads like a trained run's; it has no 'train' item, and replaces any
+  earlier checkpoint there. Every process calls this (orbax writes each array once).
   """
   directory = checkpoint_dir(workdir)
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
   with ocp.CheckpointManager(
     directory, item_names=('train', 'ema_params'), options=options
   ) as manager:
-    if step in manager.all_steps():
-      manager.delete(step)
+    for old in manager.all_steps():  # one set of parameters per directory
+      manager.delete(old)
     manager.save(step, args=ocp.args.Composite(ema_params=ocp.args.StandardSave(params)))
     manager.wait_until_finished()
   return os.path.abspath(workdir)
