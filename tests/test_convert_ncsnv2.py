@@ -65,12 +65,31 @@ FULL = {'NCSNv2': ('CIFAR10', 32), 'NCSNv2Deeper': ('LSUN', 128), 'NCSNv2Deepest
 TINY = {'NCSNv2': ('CIFAR10', 8), 'NCSNv2Deeper': ('LSUN', 16), 'NCSNv2Deepest': ('FFHQ', 16)}
 
 
+# The published runs (the reference's configs/<name>.yml): data set, LSUN category, image
+# size, sigma_begin, num_classes, step_lr, n_steps_each.
+PUBLISHED_RUNS = {
+  'cifar10': ('CIFAR10', None, 32, 50, 232, 6.2e-6, 5),
+  'celeba': ('CELEBA', None, 64, 90, 500, 3.3e-6, 5),
+  'church': ('LSUN', 'church_outdoor', 64, 140, 788, 4.9e-6, 4),
+  'bedroom': ('LSUN', 'bedroom', 128, 190, 1086, 1.8e-6, 3),
+  'tower': ('LSUN', 'tower', 128, 190, 1086, 1.8e-6, 3),
+  'ffhq': ('FFHQ', None, 256, 348, 2311, 9e-7, 3),
+}
+
+
+def published_yml(name):
+  dataset, category, size, sigma_begin, levels, step_lr, steps = PUBLISHED_RUNS[name]
+  config = yml(dataset, size, 128, levels, sigma_begin, step_lr=step_lr, n_steps_each=steps)
+  if category:
+    config['data']['category'] = category
+  return config
+
+
 def yml(dataset, size, ngf=4, levels=7, sigma_begin=5.0, **sampling):
   """A reference config (configs/*.yml's sections) for a data set's network."""
   return {
     'data': {
       'dataset': dataset,
-      'category': 'church_outdoor',
       'image_size': size,
       'channels': 3,
       'logit_transform': False,
@@ -219,10 +238,6 @@ def test_converted_checkpoint_matches_the_reference(arch, tmp_path):
   path = save_run(str(tmp_path / 'run'), config, model, ema)
   state_dict, found = convert.get_format('ncsnv2').load(str(tmp_path / 'run'))  # the directory
   assert found['data'] == config['data'] and found['model'] == config['model']
-  assert (
-    ncsnv2.default_config(found)
-    == ncsnv2.CONFIGS[dataset if dataset != 'LSUN' else 'church_outdoor']
-  )
   model.load_state_dict({**model.state_dict(), **ema})  # the reference samples with EMA
   gen = torch.Generator().manual_seed(2)
   x = torch.rand(4, 3, size, size, generator=gen)
@@ -250,6 +265,40 @@ def test_converted_checkpoint_matches_the_reference(arch, tmp_path):
     swapped[a], swapped[b] = state_dict[b], state_dict[a]
     wrong = convert.reference_forward('ncsnv2', found, swapped, inputs)
     assert np.abs(wrong - want).max() > 100 * 2e-5 * scale
+
+
+@pytest.mark.parametrize('name', list(PUBLISHED_RUNS))
+def test_published_configs_are_our_configs(name, tmp_path):
+  """Each published run's yml (the mirror's own file when at hand) converts to our config
+  of that checkpoint exactly: network, ladder and sampler."""
+  ref = published_yml(name)
+  if os.path.isdir(MIRROR):
+    shown = subprocess.run(
+      ['git', f'--git-dir={MIRROR}', 'show', f'HEAD:configs/{name}.yml'],
+      capture_output=True,
+      check=True,
+    )
+    path = tmp_path / f'{name}.yml'
+    path.write_bytes(shown.stdout)
+    real = ncsnv2.read_config(str(path))
+    for section in ('data', 'model'):
+      assert {k: real[section].get(k) for k in ref[section]} == ref[section]
+    for key in ('step_lr', 'n_steps_each'):
+      assert real['sampling'][key] == ref['sampling'][key]
+    ref = real
+  spec = ncsnv2.default_config(ref)
+  assert spec == f'configs/ncsnv2_{name}.py'
+  base = cli.load_config_file(os.path.join(ROOT, spec))
+  converted = cli.apply_overrides(
+    cli.load_config_file(os.path.join(ROOT, spec)), ncsnv2.model_overrides(ref)
+  )
+  ours = config_lib.build_run_config(base, num_devices=8)
+  theirs = config_lib.build_run_config(converted, num_devices=8)
+  assert (theirs.model, theirs.diffusion, theirs.sample) == (
+    ours.model,
+    ours.diffusion,
+    ours.sample,
+  )
 
 
 def test_objective_scores_are_the_references(tmp_path):

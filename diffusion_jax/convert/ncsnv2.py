@@ -126,11 +126,31 @@ def _sections(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def network_kwargs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-  """The yml's network settings as config.model.network_kwargs ({'data', 'model'})."""
+  """The yml's network as config.model.network_kwargs, in our configs' form: the network
+  by name (from data.dataset as the reference's get_model picks it) and its settings."""
   data, model = _sections(config)
-  out_model = {k: model[k] for k in ncsnv2_lib.MODEL_KEYS if k in model}
-  out_data = {k: data[k] for k in ncsnv2_lib.DATA_KEYS if k in data}
-  return {'data': out_data, 'model': out_model}
+  arch = model.get('arch', ncsnv2_lib.DATASET_ARCHITECTURE.get(data.get('dataset')))
+  if arch is None:
+    raise common.ConversionError(
+      f'data.dataset={data.get("dataset")!r} names no NCSNv2 network; the reference builds one '
+      f'for {tuple(ncsnv2_lib.DATASET_ARCHITECTURE)} (runners/ncsn_runner.py get_model).'
+    )
+  if model.get('spec_norm', False):
+    raise common.ConversionError('model.spec_norm=true: spectral norm is not ported.')
+  if 'ngf' not in model:
+    raise common.ConversionError('the ncsnv2 config needs model.ngf.')
+  return {
+    'model': {
+      'arch': arch,
+      'ngf': model['ngf'],
+      'normalization': model.get('normalization', 'InstanceNorm++'),
+      'nonlinearity': model.get('nonlinearity', 'elu'),
+    },
+    'data': {
+      'logit_transform': data.get('logit_transform', False),
+      'rescaled': data.get('rescaled', False),
+    },
+  }
 
 
 def sigmas(config: Mapping[str, Any]) -> np.ndarray:
