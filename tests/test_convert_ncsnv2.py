@@ -421,3 +421,10 @@ def test_help_lists_the_format(capsys):
   with pytest.raises(SystemExit):
     cli.parse_args(['--help'])
   assert 'ncsnv2' in capsys.readouterr().out
+
+
+def test_the_network_is_unconditional():
+  config = cifar10_ncsnv2.get_config()
+  config.model.class_conditional = True
+  with pytest.raises(ValueError, match='NCSNv2 is unconditional'):
+    models.create_model(config_lib.build_run_config(config, num_devices=8).model)
