@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 
 import jax
 import jax.numpy as jnp
@@ -284,6 +285,52 @@ def test_new_metric_reuses_the_stored_images(run_dir, straight, monkeypatch, tmp
   assert sampler.calls == 0 and again['fid'] == got['fid']
   assert 'hold inception features of other settings (weights)' in caplog.text
   assert all(store.has_samples(i) and store.has_features(i, 'digits') for i in range(5))
+
+
+def test_host_memory_holds_about_one_shard(monkeypatch, tmp_path):
+  # 60 shards of 32x32x3 samples, their features and the ADM file streamed from them: the
+  # evaluator's peak allocation (numpy's, traced) is that of 6 shards, a few shards' bytes.
+  class FakeExtractor:  # 8x8 block means: 48-d 'pool' features, no network
+    def __init__(self, variables, batch_size):
+      del variables, batch_size
+
+    def __call__(self, images):
+      pool = images.reshape(len(images), 4, 8, 4, 8, 3).mean((2, 4)).reshape(len(images), -1)
+      return {'pool': pool, 'logits': pool[:, :10]}
+
+  monkeypatch.setattr(inception, 'load_inception_variables', lambda path: {})
+  monkeypatch.setattr(inception, 'InceptionFeatureExtractor', FakeExtractor)
+  ref = np.random.default_rng(3).standard_normal((200, 48))
+  ref_path = reference_stats.save_reference_stats(
+    str(tmp_path / 'ref.npz'), *frechet.feature_statistics(ref)
+  )
+  shard = 50
+
+  def peak_bytes(n):
+    config = _config(metrics=('fid', 'is'), num_samples=n, batch_size=shard, save_samples=True)
+    config.eval.reference_stats, config.eval.inception_weights = ref_path, 'w.npz'
+    config.data.image_size, config.data.num_channels = 32, 3
+    components = build.build(config_lib.build_run_config(config))
+    workdir = str(tmp_path / f'n{n}')
+    tracemalloc.start()
+    try:
+      results = evaluate.evaluate(config, workdir, sample_fn, components=components)
+      peak = tracemalloc.get_traced_memory()[1]
+    finally:
+      tracemalloc.stop()
+    assert np.isfinite(results['fid']) and results['inception_score'] > 1
+    with np.load(os.path.join(workdir, 'eval', f'samples_{n}x32x32x3.npz')) as f:
+      assert f['arr_0'].shape == (n, 32, 32, 3)
+    return peak
+
+  def sample_fn(num_samples, rng):
+    seed = int(jax.random.randint(rng, (), 0, 2**30))
+    images = np.random.default_rng(seed).integers(0, 256, (num_samples, 32, 32, 3), np.uint8)
+    return images, np.zeros(num_samples, np.int32)
+
+  few, many = peak_bytes(300), peak_bytes(3000)  # 6 and 60 shards
+  assert many < 1.2 * few + 50_000, (few, many)  # does not grow with the number of samples
+  assert many < 3000 * 32 * 32 * 3 / 4, many  # under a quarter of the samples' bytes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,6 +162,8 @@ def _local_batch(
   labels = np.asarray(labels, np.int32).reshape(-1)
   if labels.shape != (count,):
     raise ValueError(f'sample_fn returned {labels.shape} labels for {count} samples.')
+  if jax.process_count() == 1:
+    return np.arange(count), images, labels
   per = math.ceil(count / jax.process_count())
   rows = np.arange(jax.process_index() * per, (jax.process_index() + 1) * per)
   rows = np.where(rows < count, rows, -1)
@@ -203,6 +205,8 @@ def _broadcast_json(obj: Any) -> Any:
 
 
 def _in_order(rows: np.ndarray, count: int, tree: Any) -> Any:
+  if np.array_equal(rows, np.arange(count)):
+    return tree  # one process, no padding: already in order
   valid = rows >= 0
   order = np.argsort(rows[valid], kind='stable')
   if not np.array_equal(rows[valid][order], np.arange(count)):
