@@ -2,7 +2,8 @@
 
 `evaluate(config, workdir, sample_fn)` is what `main.py --mode=eval` calls. The package attribute
 `evaluate` is that function; the module of the same name is
-`importlib.import_module('diffusion_jax.evaluation.evaluate')`.
+`importlib.import_module('diffusion_jax.evaluation.evaluate')`. Its samples are drawn over every
+host in shards that stay on disk and survive a kill (streaming.py, shards.py).
 """
 
 from diffusion_jax.evaluation.evaluate import EvalSettings, evaluate

@@ -5,7 +5,9 @@ are scored by (1) the classifier's accuracy on them (does a sample of class c lo
 and (2) the Frechet distance between Gaussians fitted to the classifier's penultimate features
 of the samples and of the real train split: FID's recipe with a domain-specific feature network.
 The same distance from the real *test* split to the train split is reported beside it: what a
-generator of real-quality images reaches with that many images.
+generator of real-quality images reaches with that many images. DigitsMetric.report scores images
+in memory; features() per batch and accumulator() give the same numbers streamed, as the evaluator
+uses them.
 
 Source: Heusel et al. 2017 (Frechet distance of feature Gaussians); the classifier accuracy of
 conditional samples follows the "classification accuracy score" idea of Ravuri & Vinyals 2019,

@@ -3,7 +3,8 @@
     IS = exp( E_x KL( p(y|x) || p(y) ) ),  p(y) = mean over the split of p(y|x)
 
 computed on `num_splits` disjoint splits of the samples; the score is reported as the mean and
-standard deviation over splits (10 splits of 50K samples in the literature).
+standard deviation over splits (10 splits of 50K samples in the literature). RunningInceptionScore
+gives the same numbers from batches arriving in order, in [num_splits, K] memory.
 
 Source: Salimans et al. 2016, "Improved Techniques for Training GANs", Section 4.
 """
