@@ -21,7 +21,8 @@ sys.path.insert(0, ROOT)
 import main as main_lib  # noqa: E402
 from configs import digits  # noqa: E402
 from diffusion_jax import build, training  # noqa: E402
-from diffusion_jax.training import checkpointing, phema  # noqa: E402
+from diffusion_jax import config as config_lib  # noqa: E402
+from diffusion_jax.training import checkpointing, phema, sharding  # noqa: E402
 
 
 @pytest.mark.parametrize('std,gamma', [(0.05, 16.97), (0.10, 6.94)])
@@ -141,9 +142,22 @@ def config():
 def straight(config, tmp_path_factory):
   """An uninterrupted run: (final state on the host, workdir, setup)."""
   workdir = str(tmp_path_factory.mktemp('straight'))
-  setup = training.create_train_setup(config)
+  # One device: a third less compiling than eight (the sharding is checked without a run).
+  setup = training.create_train_setup(config, mesh=sharding.create_mesh(1, jax.devices()[:1]))
   state = training.train_and_evaluate(config, workdir, setup=setup)
   return jax.device_get(state), workdir, setup
+
+
+def test_profiles_are_sharded_like_the_params():
+  c = digits.get_config()  # built, never run: large enough for the 'fsdp' split
+  c.training.mesh_fsdp, c.training.phema_snapshot_every = 2, 100
+  shardings = build.build(config_lib.build_run_config(c)).state_sharding
+  assert len(shardings.phema_params) == 2
+  assert any('fsdp' in tuple(s.spec) for s in jax.tree.leaves(shardings.params))
+  for profile in shardings.phema_params:
+    assert jax.tree.leaves(profile) == jax.tree.leaves(shardings.params)
+  c.training.phema_snapshot_every = 0
+  assert build.build(config_lib.build_run_config(c)).state_sharding.phema_params == ()
 
 
 def _profiles(workdir, setup, step):
