@@ -105,6 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.sigma_data = 0.5
   diffusion.p_mean = -1.2
   diffusion.p_std = 1.2
+  diffusion.precond = 'edm'  # EDM's preconditioning: 'edm' | 'vp' (VPPrecond) | 've' (VEPrecond)
   # NCSNv2.
   diffusion.sigma_max = 50.0
   diffusion.sigma_min = 0.01

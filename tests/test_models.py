@@ -504,6 +504,8 @@ def test_sinusoidal_embedding_matches_float64_reference():
 def tiny_unet():
   config = shrink(
     load_config('cifar10_edm'),
+    name='unet',  # the house U-Net with EDM's DDPM++-like options
+    network_kwargs={},
     learn_variance=True,
     scale_shift_norm=True,
     self_cond=True,

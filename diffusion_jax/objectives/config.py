@@ -59,6 +59,7 @@ class DiffusionConfig:
   sigma_data: float = 0.5
   p_mean: float = -1.2
   p_std: float = 1.2
+  precond: str = 'edm'  # EDM's 'edm' | 'vp' | 've' preconditioning (models/edm_precond.py).
   # NCSNv2.
   sigma_max: float = 50.0
   sigma_min: float = 0.01
@@ -174,6 +175,7 @@ class DiffusionConfig:
     if self.objective == 'edm':
       _positive('sigma_data', self.sigma_data, ' EDM uses 0.5 for data in [-1, 1].')
       _positive('p_std', self.p_std, ' EDM uses 1.2.')
+      _one_of('precond', self.precond, ('edm', 'vp', 've'))
     if self.objective == 'ncsn':
       _positive('sigma_min', self.sigma_min)
       _positive('sigma_max', self.sigma_max)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import parameterization
+from diffusion_jax.models import edm_precond
 from diffusion_jax.objectives import example_rng
 from diffusion_jax.objectives.base import Batch, LossOutput, Objective, mean_over_dims, per_example
 
@@ -54,7 +55,7 @@ class EDMObjective(Objective):
     sigma = self.sample_sigma(keys, y.shape[0]).astype(y.dtype)  # [B]
     n = example_rng.normal(keys, example_rng.NOISE, y.shape[1:], y.dtype)
     x = y + per_example(sigma, y) * n
-    c_skip, c_out, c_in, c_noise = parameterization.edm_preconditioning(sigma, cfg.sigma_data)
+    c_skip, c_out, c_in, c_noise = edm_precond.preconditioning(cfg.precond, sigma, cfg.sigma_data)
     f = self.call_model(
       apply_fn,
       params,
@@ -74,8 +75,8 @@ class EDMObjective(Objective):
 
   def _denoise(self, apply_fn, params, x, sigma, label, self_cond, return_variance):
     # sigma = 0 never reaches the network in EDM's samplers; the floor keeps ln finite.
-    c_skip, c_out, c_in, c_noise = parameterization.edm_preconditioning(
-      jnp.maximum(sigma, 1e-20), self.config.sigma_data
+    c_skip, c_out, c_in, c_noise = edm_precond.preconditioning(
+      self.config.precond, jnp.maximum(sigma, 1e-20), self.config.sigma_data
     )
     f, carry = apply_fn(
       params,
