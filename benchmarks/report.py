@@ -50,3 +50,49 @@ def write_section(
     text = text.rstrip('\n') + '\n\n' + block + '\n'
   with open(path, 'w') as f:
     f.write(text)
+
+
+def section_body(name: str, path: str = BENCHMARKS_MD) -> str | None:
+  """The text between section `name`'s title block and its end marker, or None."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    text = f.read()
+  match = re.search(
+    rf'<!-- BEGIN {re.escape(name)} -->\n(.*?)<!-- END {re.escape(name)} -->', text, re.DOTALL
+  )
+  if match is None:
+    return None
+  # Drop the '## title', 'Command:' and 'Machine:' lines write_section puts first.
+  lines = match.group(1).split('\n')
+  while lines and (not lines[0].strip() or lines[0].startswith(('## ', 'Command:', 'Machine:'))):
+    lines.pop(0)
+  return '\n'.join(lines)
+
+
+def write_table_row(
+  name: str,
+  title: str,
+  intro: str,
+  header: str,
+  row: str,
+  command: str,
+  key_cells: int = 1,
+  path: str = BENCHMARKS_MD,
+) -> None:
+  """Adds `row` to the table of section `name`, replacing a row with the same key.
+
+  The section is `intro`, then a markdown table whose first line is `header`. Rows are
+  keyed by their first `key_cells` cells, so re-running one case replaces its own row and
+  keeps the others (other configs, other machines).
+  """
+
+  def key(line: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in line.strip().strip('|').split('|')[:key_cells])
+
+  old = (section_body(name, path) or '').split('\n')
+  rows = [line for line in old if line.startswith('|') and not line.startswith('|---')]
+  rows = [r for r in rows if r.strip() != header.strip() and key(r) != key(row)] + [row]
+  separator = '|' + '---|' * (header.count('|') - 1)
+  body = '\n'.join([intro.strip(), '', header, separator, *rows])
+  write_section(name, title, body, command, path)

@@ -1,12 +1,14 @@
-"""Tests of the train-step benchmark's FLOP count (benchmarks/train_step.py), tiny RIN."""
+"""Tests of the benchmarks: the train step's FLOP count, the MFU benchmark, report tables."""
 
 import os
 import sys
 
+import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import mfu, report  # noqa: E402
 from benchmarks import train_step as benchmark  # noqa: E402
 from configs import digits  # noqa: E402
 from diffusion_jax import training  # noqa: E402
@@ -47,3 +49,34 @@ def test_step_flops_count_every_block_even_for_scanned_configs():
     scanned.train_step, training.abstract_state(scanned), abstract_batch
   )
   assert scanned_count < 0.7 * step[3]
+
+
+def test_table_row_replaces_its_own_row_and_keeps_the_others(tmp_path):
+  path = str(tmp_path / 'BENCHMARKS.md')
+  header = '| config | device | value |'
+
+  def write(row):
+    report.write_table_row('t', 'Title', 'Intro.', header, row, 'cmd', 2, path)
+
+  write('| a | cpu | 1 |')
+  write('| b | cpu | 2 |')
+  write('| a | gpu | 3 |')
+  write('| a | cpu | 4 |')
+  body = report.section_body('t', path)
+  rows = [line for line in body.split('\n') if line.startswith('|')]
+  assert rows == [header, '|---|---|---|', '| b | cpu | 2 |', '| a | gpu | 3 |', '| a | cpu | 4 |']
+  assert body.startswith('Intro.')
+
+
+def test_mfu_tiny_runs_on_cpu_and_writes_its_row(tmp_path, capsys):
+  path = str(tmp_path / 'BENCHMARKS.md')
+  mfu.main(['--config=configs/imagenet64.py', '--tiny', '--steps=1', f'--output={path}'])
+  body = report.section_body(mfu.SECTION, path)
+  row = [line for line in body.split('\n') if line.startswith('| imagenet64 (tiny)')]
+  assert len(row) == 1, body
+  cells = [c.strip() for c in row[0].strip('|').split('|')]
+  n = jax.device_count()
+  assert cells[1] == f'{n} x cpu' and cells[3] == str(n)  # one image per device
+  assert float(cells[5]) > 0  # model GFLOP per image, from XLA's cost analysis
+  assert cells[-1].startswith('n/a')  # no bf16 peak for a CPU: no MFU
+  assert 'compiled in' in capsys.readouterr().out
