@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusion_jax.objectives import importance, self_conditioning, vlb
+from diffusion_jax.objectives import example_rng, importance, self_conditioning, vlb
 from diffusion_jax.objectives.base import Objective
 from diffusion_jax.objectives.chen import ChenObjective
 from diffusion_jax.objectives.config import OBJECTIVES, DiffusionConfig
@@ -67,6 +67,7 @@ __all__ = [
   'Objective',
   'SampleSettings',
   'create_objective',
+  'example_rng',
   'importance',
   'nll_bits_per_dim',
   'self_conditioning',
