@@ -729,3 +729,52 @@ def test_sincos_tape_positions_are_distinct_unit_scale_codes():
   assert len({tuple(np.round(row, 6)) for row in table}) == 16
   with pytest.raises(ValueError, match='sin-cos'):
     layers.sincos_2d_init(4)(None, (16, 6))
+
+
+# ---------------------------------------------------------------------------------------
+# Fast paths that must not change the numbers.
+
+
+@pytest.mark.parametrize(
+  'features, axis, shape',
+  [(24, -1, (2, 5, 16)), ((3, 2, 4), -1, (2, 5, 16)), (16, (-2, -1), (2, 5, 2, 4))],
+)
+def test_flat_dot_general_dense_equals_the_plain_one(features, axis, shape):
+  """A Dense layer on [B, N, ...] as one 2-D matmul: same outputs and gradients."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+  plain = nn.DenseGeneral(features, axis=axis)
+  flat = nn.DenseGeneral(features, axis=axis, dot_general=layers.flat_dot_general)
+  params = random_params(jax.eval_shape(plain.init, jax.random.key(0), x))
+  assert jax.tree.structure(params) == jax.tree.structure(
+    jax.eval_shape(flat.init, jax.random.key(0), x)
+  )
+
+  def loss(module):
+    return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+
+  np.testing.assert_allclose(flat.apply(params, x), plain.apply(params, x), rtol=1e-6, atol=1e-6)
+  got, want = (jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (flat, plain))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+
+
+def test_flat_dot_general_falls_back_for_batch_dimensions():
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 5)), jnp.float32)
+  b = jnp.asarray(np.random.default_rng(1).normal(size=(3, 5, 2)), jnp.float32)
+  dims = (((2,), (1,)), ((0,), (0,)))
+  np.testing.assert_allclose(
+    layers.flat_dot_general(a, b, dims), jax.lax.dot_general(a, b, dims), rtol=1e-6
+  )
+
+
+def test_rin_without_self_cond_equals_zero_self_cond():
+  """self_cond=None runs the self-conditioning unit on one zero row and broadcasts it."""
+  cfg, model, params = tiny_rin()
+  x, t, y = inputs(cfg)
+  moved = replace_param(params, ('self_cond_ln_out', 'scale'), jnp.ones_like)
+  moved = replace_param(moved, ('self_cond_ln_in', 'bias'), lambda b: b + 0.5)
+  zeros = jnp.zeros(model.carry_shape(2))
+  want = rin_eval_fn()(moved, x, t, y, zeros)
+  got = jax.jit(lambda p: model.apply(p, x, t, y, self_cond=None)).lower(moved).compile(FAST)
+  for a, b in zip(got(moved), want):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  assert rel_err(want[0], rin_eval_fn()(params, x, t, y, zeros)[0]) > 1e-3  # the unit acts

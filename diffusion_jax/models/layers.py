@@ -95,6 +95,41 @@ def sincos_2d_init(grid: int) -> Initializer:
   return init
 
 
+def flat_dot_general(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  dimension_numbers: Any,
+  precision: Any = None,
+  preferred_element_type: Any = None,
+) -> jax.Array:
+  """`lax.dot_general` of a Dense layer as one 2-D matmul: [..., K...] x [K..., N...].
+
+  A Dense layer on [B, N, D] tokens contracts D; its kernel gradient then contracts
+  both B and N, a two-axis contraction that XLA's CPU backend feeds to its matmul
+  through a transposed copy of the (large) output gradient. Folding the leading axes
+  into one ([B N, D] @ [D, F]) keeps every matmul of the forward and backward pass a
+  plain 2-D one: the same products and sums (the kernel gradient may add its B N terms
+  in another order), no copies. Falls back to `lax.dot_general` for any other layout.
+  """
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+  n_in = len(lhs_contract)
+  lhs_trailing = tuple(lhs_contract) == tuple(range(lhs.ndim - n_in, lhs.ndim))
+  if lhs_batch or rhs_batch or not lhs_trailing or tuple(rhs_contract) != tuple(range(n_in)):
+    return jax.lax.dot_general(
+      lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type
+    )
+  lead, out = lhs.shape[: lhs.ndim - n_in], rhs.shape[n_in:]
+  k = int(np.prod(rhs.shape[:n_in]))
+  flat = jax.lax.dot_general(
+    lhs.reshape(-1, k),
+    rhs.reshape(k, -1),
+    (((1,), (0,)), ((), ())),
+    precision,
+    preferred_element_type=preferred_element_type,
+  )
+  return flat.reshape(lead + out)
+
+
 ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum')
 
 
@@ -208,6 +243,7 @@ class SelfAttention(nn.Module):
       kernel_init=qkv_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      dot_general=flat_dot_general,
       name='qkv',
     )(x)  # [B, N, 3, H, Dh]
     out = attention(
@@ -219,6 +255,7 @@ class SelfAttention(nn.Module):
       kernel_init=out_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      dot_general=flat_dot_general,
       name='out',
     )(out)  # [B, N, D]
 
@@ -262,6 +299,7 @@ class CrossAttention(nn.Module):
       kernel_init=init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      dot_general=flat_dot_general,
       name=name,
     )
     q = dense((self.num_heads, head_dim), 'q', q_init)(x)  # [B, T, H, Dh]
@@ -295,6 +333,7 @@ class Mlp(nn.Module):
       kernel_init=self.kernel_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      dot_general=flat_dot_general,
       name='fc1',
     )(x)
     h = nn.gelu(h, approximate=self.approximate_gelu)
@@ -304,6 +343,7 @@ class Mlp(nn.Module):
       kernel_init=self.kernel_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      dot_general=flat_dot_general,
       name='fc2',
     )(h)
 

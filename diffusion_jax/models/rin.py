@@ -290,8 +290,13 @@ class RIN(nn.Module):
 
     # Latent self-conditioning on every latent token (conditioning tokens included):
     # z += LN_zero(prev + MLP(LN(prev))), zero-initialised so a fresh model ignores it.
-    prev = jnp.zeros(z.shape, jnp.float32) if self_cond is None else self_cond
-    prev = jax.lax.stop_gradient(prev).astype(dtype)
+    # Without previous latents (the first self-conditioning pass, the first sampling
+    # step) every token's prev is 0, so the unit's output is one row: computed once on a
+    # [1, 1, Dz] zero and broadcast instead of B x M times.
+    if self_cond is None:
+      prev = jnp.zeros((1, 1, z.shape[-1]), dtype)
+    else:
+      prev = jax.lax.stop_gradient(self_cond).astype(dtype)
     h = prev + layers.Mlp(cfg.latent_dim * cfg.latent_mlp_ratio, name='self_cond_mlp', **kw)(
       layers.layer_norm('self_cond_ln_in', **kw)(prev)
     )
@@ -307,6 +312,12 @@ class RIN(nn.Module):
 
     # Readout: LN -> Dense(p * p * C_out) -> depth-to-space.
     out = layers.layer_norm('out_ln', **kw)(tape)
-    out = nn.Dense(p * p * cfg.out_channels, kernel_init=_glorot, name='out_proj', **kw)(out)
+    out = nn.Dense(
+      p * p * cfg.out_channels,
+      kernel_init=_glorot,
+      dot_general=layers.flat_dot_general,
+      name='out_proj',
+      **kw,
+    )(out)
     out = unpatchify(out, p, cfg.out_channels)  # [B, H, W, C_out]
     return out.astype(jnp.float32), z.astype(jnp.float32)
