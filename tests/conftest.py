@@ -10,3 +10,20 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # noqa: E402
 
 jax.config.update('jax_enable_x64', False)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_config_override_flags():
+  """Drops the `--config.*` override flags an earlier in-process main.py parse defined.
+
+  ml_collections' config flag defines one absl flag per override it parses; a later parse
+  of the same override (another test, another config file) would define it again.
+  """
+  from absl import flags
+
+  for name in [n for n in flags.FLAGS if n.startswith('config.')]:
+    delattr(flags.FLAGS, name)
+  yield
