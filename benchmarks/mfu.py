@@ -194,6 +194,16 @@ INTRO = (
 )
 
 
+def footer(rows: list[str]) -> str:
+  """Says so when no row has an MFU yet (no accelerator has run the benchmark)."""
+  if any('%' in row.split('|')[-2] for row in rows):
+    return ''
+  return (
+    'No row has an accelerator yet, so no MFU is measured: the rows give the model FLOPs '
+    'per image; run the command on a GPU or TPU host to add its row.'
+  )
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', default='configs/imagenet64.py', help='config file')
@@ -214,7 +224,7 @@ def main(argv=None) -> None:
     print(row)
     return
   command = 'python -m benchmarks.mfu --config=configs/<config>.py'
-  report.write_table_row(SECTION, TITLE, INTRO, HEADER, row, command, 4, args.output)
+  report.write_table_row(SECTION, TITLE, INTRO, HEADER, row, command, 4, args.output, footer)
 
 
 if __name__ == '__main__':

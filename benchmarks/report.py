@@ -7,6 +7,7 @@ Each benchmark script owns the block between `<!-- BEGIN name -->` and
 import os
 import platform
 import re
+from collections.abc import Callable
 
 import jax
 
@@ -70,6 +71,11 @@ def section_body(name: str, path: str = BENCHMARKS_MD) -> str | None:
   return '\n'.join(lines)
 
 
+def table_rows(body: str) -> list[str]:
+  """The table lines of a section body, without the separator line."""
+  return [line for line in body.split('\n') if line.startswith('|') and not line.startswith('|---')]
+
+
 def write_table_row(
   name: str,
   title: str,
@@ -79,20 +85,22 @@ def write_table_row(
   command: str,
   key_cells: int = 1,
   path: str = BENCHMARKS_MD,
+  footer: Callable[[list[str]], str] | None = None,
 ) -> None:
   """Adds `row` to the table of section `name`, replacing a row with the same key.
 
-  The section is `intro`, then a markdown table whose first line is `header`. Rows are
-  keyed by their first `key_cells` cells, so re-running one case replaces its own row and
-  keeps the others (other configs, other machines).
+  The section is `intro`, then a markdown table whose first line is `header`, then
+  `footer(rows)` if given. Rows are keyed by their first `key_cells` cells, so re-running
+  one case replaces its own row and keeps the others (other configs, other machines).
   """
 
   def key(line: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in line.strip().strip('|').split('|')[:key_cells])
 
-  old = (section_body(name, path) or '').split('\n')
-  rows = [line for line in old if line.startswith('|') and not line.startswith('|---')]
+  rows = table_rows(section_body(name, path) or '')
   rows = [r for r in rows if r.strip() != header.strip() and key(r) != key(row)] + [row]
   separator = '|' + '---|' * (header.count('|') - 1)
   body = '\n'.join([intro.strip(), '', header, separator, *rows])
+  if footer is not None:
+    body += '\n\n' + footer(rows).strip()
   write_section(name, title, body, command, path)

@@ -1,8 +1,8 @@
 """Train-step throughput: images/s, achieved FLOP/s vs. the matmul peak, trainer overhead.
 
-    python -m benchmarks.train_step                          # digits RIN, batch 128
-    python -m benchmarks.train_step --model=small --batch_size=8 --attention=einsum  # 40M RIN
-    python -m benchmarks.train_step --quick                  # fewer repetitions
+    python -m benchmarks.train_step                  # digits RIN, batch 128, attention auto
+    python -m benchmarks.train_step --model=small    # 40M RIN, batch 8, einsum attention
+    python -m benchmarks.train_step --quick          # fewer repetitions
 
 Measures, in one process on the same devices:
 - the machine's float32 matmul rate (2048 x 2048 jnp.dot), the reference peak;
@@ -80,6 +80,11 @@ SMALL_RIN_KEYS = (
   'num_blocks',
   'num_compute_layers',
 )
+
+
+# (batch size, attention) of each model when the command line leaves them out: the
+# settings of its BENCHMARKS.md section.
+DEFAULTS = {'digits': (128, 'auto'), 'small': (8, 'einsum')}
 
 
 def benchmark_config(model: str, batch_size: int, attention: str = 'auto'):
@@ -252,12 +257,15 @@ def run(quick: bool, batch_size: int, model_name: str = 'digits', attention: str
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true', help='fewer repetitions')
-  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--batch_size', type=int, default=0, help="0: the model's default")
   parser.add_argument('--model', default='digits', choices=('digits', 'small'))
   parser.add_argument(
-    '--attention', default='auto', choices=('auto', 'xla', 'einsum'), help='model.attention_impl'
+    '--attention', default='', choices=('', 'auto', 'xla', 'einsum'), help='model.attention_impl'
   )
   args = parser.parse_args()
+  batch_size, attention = DEFAULTS[args.model]
+  args.batch_size = args.batch_size or batch_size
+  args.attention = args.attention or attention
   body = run(args.quick, args.batch_size, args.model, args.attention)
   command = 'python -m benchmarks.train_step' + (' --quick' if args.quick else '')
   command += f' --model={args.model} --batch_size={args.batch_size} --attention={args.attention}'

@@ -79,4 +79,6 @@ def test_mfu_tiny_runs_on_cpu_and_writes_its_row(tmp_path, capsys):
   assert cells[1] == f'{n} x cpu' and cells[3] == str(n)  # one image per device
   assert float(cells[5]) > 0  # model GFLOP per image, from XLA's cost analysis
   assert cells[-1].startswith('n/a')  # no bf16 peak for a CPU: no MFU
+  assert 'No row has an accelerator yet' in body
+  assert mfu.footer([row[0].replace(cells[-1], '40.0% / 39.0%')]) == ''
   assert 'compiled in' in capsys.readouterr().out
