@@ -25,7 +25,6 @@ capped at 64 per device (a single accelerator rarely holds a pod's batch).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import report  # noqa: E402
 from benchmarks import train_step as train_step_benchmark  # noqa: E402
+from diffusion_jax import config as config_lib  # noqa: E402
 from diffusion_jax import training  # noqa: E402
 from diffusion_jax.models import count_params  # noqa: E402
 from diffusion_jax.training import progress  # noqa: E402
@@ -63,18 +63,9 @@ TINY_MODEL = dict(
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file (`configs/imagenet64.py`) or module (`imagenet64`)."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  if not path.endswith('.py'):
-    path = os.path.join('configs', f'{path}.py')
-  if not os.path.exists(path) and not os.path.isabs(path):
-    path = os.path.join(root, path)
-  if not os.path.exists(path):
-    raise ValueError(f'--config={path} does not exist; pass a file such as configs/imagenet64.py.')
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """`get_config()` of a config file (`configs/imagenet64.py`), module (`imagenet64`) or
+  `file.py:arg`."""
+  return config_lib.load_config_file(path)
 
 
 def prepare(

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -317,3 +320,28 @@ __all__ = [
   'check_devices',
   'check_keys',
 ]
+
+
+def load_config_file(spec: str) -> Any:
+  """`get_config()` of `configs/X.py`, or `get_config(arg)` for `'configs/X.py:arg'`.
+
+  A bare name (`'imagenet64'`) means `configs/imagenet64.py`; a relative path that is not
+  found from the working directory is looked up from the repository root.
+  """
+  path, _, arg = spec.partition(':')
+  if not path.endswith('.py'):
+    path = os.path.join('configs', f'{path}.py')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if not os.path.isfile(path) and not os.path.isabs(path):
+    path = os.path.join(root, path) if os.path.isfile(os.path.join(root, path)) else path
+  if not os.path.isfile(path):
+    raise ConfigError(f'--config={spec}: no such file {path!r}; pass one of configs/.')
+  path = os.path.abspath(path)
+  parent = os.path.dirname(os.path.dirname(path))  # configs/X.py imports `configs.default`
+  if parent not in sys.path:
+    sys.path.insert(0, parent)
+  name = '_config_' + os.path.basename(path)[:-3]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()

@@ -4,11 +4,12 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import mfu, report  # noqa: E402
+from benchmarks import mfu, paper_networks, report  # noqa: E402
 from benchmarks import train_step as benchmark  # noqa: E402
 from configs import digits  # noqa: E402
 from diffusion_jax import training  # noqa: E402
@@ -82,3 +83,26 @@ def test_mfu_tiny_runs_on_cpu_and_writes_its_row(tmp_path, capsys):
   assert 'No row has an accelerator yet' in body
   assert mfu.footer([row[0].replace(cells[-1], '40.0% / 39.0%')]) == ''
   assert 'compiled in' in capsys.readouterr().out
+
+
+def test_paper_networks_times_a_network_and_writes_its_row(tmp_path):
+  path = str(tmp_path / 'BENCHMARKS.md')
+  paper_networks.main(['--configs=edm_cifar10_vp:tiny', '--repeats=1', f'--output={path}'])
+  body = report.section_body(paper_networks.SECTION, path)
+  rows = [line for line in body.split('\n') if line.startswith('| edm_cifar10_vp (tiny) |')]
+  assert len(rows) == 1, body
+  cells = [c.strip() for c in rows[0].strip('|').split('|')]
+  assert cells[2] == 'edm_songunet' and cells[5] == '4'  # 4 images per call at 16-64 px
+  assert float(cells[6]) > 0  # GFLOP per image, from XLA's cost analysis
+  best, median = (float(v) for v in cells[7].split('/'))
+  assert 0 < best <= median
+
+
+def test_matmul_chain_multiplies_in_sequence_and_counts_its_flops():
+  call, flops = benchmark.matmul_chain(2)
+  a, b = benchmark._matmul_operands()
+  np.testing.assert_allclose(call(), jnp.dot(jnp.dot(a, b), b), rtol=1e-4, atol=1e-3)
+  assert flops == 2 * 2 * benchmark.MATMUL_N**3
+  order = []
+  times = benchmark.interleaved_times([lambda: order.append('a'), lambda: order.append('b')], 2)
+  assert order == ['a', 'b'] * 3 and [len(t) for t in times] == [2, 2]

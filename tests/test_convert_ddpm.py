@@ -168,7 +168,9 @@ def test_cli_writes_a_checkpoint_main_samples_from(tmp_path, monkeypatch):
   restored = checkpointing.restore_ema_params(workdir, want)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), want)
   # The whole training state restores too (--mode=train fine-tunes from step 0).
-  components = build_lib.build(config_lib.build_run_config(cli.load_config_file(record['config'])))
+  components = build_lib.build(
+    config_lib.build_run_config(config_lib.load_config_file(record['config']))
+  )
   abstract = jax.eval_shape(components.init_fn, jax.random.PRNGKey(0))
   abstract = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

@@ -432,6 +432,28 @@ def test_bad_settings_fail_in_one_line():
 # The CLI into a run directory main.py samples from.
 
 
+def test_cli_writes_its_own_config_when_only_the_preconditioning_differs(tmp_path, monkeypatch):
+  """A VPPrecond pickle of configs/edm_cifar10_vp.py's network (an EDMPrecond run): the
+  network matches, the preconditioning does not, so the CLI writes a config with 'vp'."""
+  config = edm_cifar10_vp.get_config('tiny')
+  kwargs = dict(img_resolution=16, img_channels=3, label_dim=10, model_type='SongUNet')
+  net = ref.build('VPPrecond', use_fp16=False, **kwargs, **dict(config.model.network_kwargs))
+  source, workdir = str(tmp_path / 'vp-tiny.pkl'), str(tmp_path / 'run')
+  ref.pickle_like_edm(randomize(net, scale=0.02), source)
+  spec = 'configs/edm_cifar10_vp.py:tiny'
+  monkeypatch.chdir(ROOT)
+  assert (
+    cli.main(['--from=edm', f'--input={source}', f'--workdir={workdir}', f'--config={spec}']) == 0
+  )
+  record = json.loads(open(os.path.join(workdir, 'convert.json')).read())
+  assert not record['config_matches_checkpoint'] and record['config'].endswith('config.py')
+  assert config.diffusion.precond == 'edm'
+  written = config_lib.load_config_file(record['config'])
+  assert written.diffusion.precond == 'vp'
+  build = config_lib.build_run_config
+  assert build(written, num_devices=8).model == build(config, num_devices=8).model
+
+
 def test_cli_converts_a_pickle_that_main_samples_with_heun(tmp_path, monkeypatch):
   config = edm_cifar10_vp.get_config('tiny')
   network = dict(config.model.network_kwargs)

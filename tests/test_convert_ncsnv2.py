@@ -288,9 +288,9 @@ def test_published_configs_are_our_configs(name, tmp_path):
     ref = real
   spec = ncsnv2.default_config(ref)
   assert spec == f'configs/ncsnv2_{name}.py'
-  base = cli.load_config_file(os.path.join(ROOT, spec))
+  base = config_lib.load_config_file(os.path.join(ROOT, spec))
   converted = cli.apply_overrides(
-    cli.load_config_file(os.path.join(ROOT, spec)), ncsnv2.model_overrides(ref)
+    config_lib.load_config_file(os.path.join(ROOT, spec)), ncsnv2.model_overrides(ref)
   )
   ours = config_lib.build_run_config(base, num_devices=8)
   theirs = config_lib.build_run_config(converted, num_devices=8)

@@ -14,8 +14,6 @@ base config with the checkpoint's network) and the command printed names it.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -61,21 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def load_config_file(spec: str) -> Any:
-  """`get_config()` of configs/X.py (or get_config(arg) for 'configs/X.py:arg')."""
-  path, _, arg = spec.partition(':')
-  if not os.path.isfile(path):
-    raise ValueError(f'--config={spec}: no such file {path!r}; pass one of configs/.')
-  path = os.path.abspath(path)
-  root = os.path.dirname(os.path.dirname(path))  # configs/X.py imports `configs.default`
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  module_spec = importlib.util.spec_from_file_location('_convert_base_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def apply_overrides(config: Any, overrides: dict[str, dict[str, Any]]) -> Any:
   """`config` with `overrides` ({'model': {...}, 'data': {...}}) set key by key."""
   for section, values in overrides.items():
@@ -89,21 +72,14 @@ _CONFIG_TEMPLATE = '''"""The network of {input} ({fmt}) on {base}.
     python main.py --config={path} --workdir={workdir} --mode=sample
 """
 
-import importlib.util
-import os
-import sys
+from diffusion_jax.config import load_config_file
 
 BASE = {base_abs!r}
-BASE_ARG = {arg!r}
 OVERRIDES = {overrides!r}
 
 
 def get_config():
-  sys.path.insert(0, os.path.dirname(os.path.dirname(BASE)))
-  spec = importlib.util.spec_from_file_location('_converted_base_config', BASE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(BASE_ARG) if BASE_ARG else module.get_config()
+  config = load_config_file(BASE)
   for section, values in OVERRIDES.items():
     for key, value in values.items():
       config[section][key] = value
@@ -186,12 +162,14 @@ def convert(
         f'no config of ours is known for {input_path}; pass --config=configs/X.py '
         "(the paper's config for this checkpoint)."
       )
-  base = load_config_file(config_spec)
+  base = config_lib.load_config_file(config_spec)
   overrides = f.model_overrides(ref)
-  config = apply_overrides(load_config_file(config_spec), overrides)
+  config = apply_overrides(config_lib.load_config_file(config_spec), overrides)
   run = config_lib.build_run_config(config)
-  base_model = config_lib.build_run_config(base).model
-  matches = base_model == run.model
+  # The checkpoint may change more than the network (an NCSNv2 ladder and sampler, an EDM
+  # preconditioning): the base config serves as is only when what draws samples is equal.
+  base_run = config_lib.build_run_config(base)
+  matches = all(getattr(base_run, s) == getattr(run, s) for s in ('model', 'diffusion', 'sample'))
 
   components = build_lib.build(run)
   abstract = build_lib.abstract_params(components)
@@ -212,8 +190,7 @@ def convert(
           base=config_spec,
           path=written_config,
           workdir=workdir,
-          base_abs=os.path.abspath(base_path),
-          arg=arg,
+          base_abs=os.path.abspath(base_path) + (f':{arg}' if arg else ''),
           overrides=_jsonable(overrides),
         )
       )
@@ -251,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
   )
   if not record['config_matches_checkpoint']:
     print(
-      f"The checkpoint's network differs from {record['base_config']}'s: "
-      f"{record['config']} is that config with the checkpoint's network."
+      f"The checkpoint's network or sampling settings differ from {record['base_config']}'s: "
+      f"{record['config']} is that config with the checkpoint's."
     )
   print(f'Sample with:\n  {record["sample_command"]}')
   return 0
