@@ -56,6 +56,17 @@ INTRO = (
 )
 
 
+def footer(rows: list[str]) -> str:
+  """What the table covers: says so while no accelerator has added its rows."""
+  text = (
+    "A sample costs its sampler's NFE forwards (the README's Pretrained checkpoints table "
+    "gives each paper's), e.g. NFE x ms / image for one image at that batch."
+  )
+  if all(row.split('|')[2].strip() == 'cpu' for row in rows):
+    text += ' No accelerator row yet: the same command on a GPU or TPU host adds its rows.'
+  return text
+
+
 def default_batch(image_size: int) -> int:
   """Images per call: 4 at 32-64 px, 1 at 128 px and up (fits a laptop's memory)."""
   return 4 if image_size <= 64 else 1
@@ -135,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f'{spec}: first call {result["first"]:.1f} s', flush=True)
     print(row, flush=True)
     if not args.no_write:
-      report.write_table_row(SECTION, TITLE, INTRO, HEADER, row, command, 2, args.output)
+      report.write_table_row(SECTION, TITLE, INTRO, HEADER, row, command, 2, args.output, footer)
 
 
 if __name__ == '__main__':

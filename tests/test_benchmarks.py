@@ -96,6 +96,7 @@ def test_paper_networks_times_a_network_and_writes_its_row(tmp_path):
   assert float(cells[6]) > 0  # GFLOP per image, from XLA's cost analysis
   best, median = (float(v) for v in cells[7].split('/'))
   assert 0 < best <= median
+  assert 'No accelerator row yet' in body
 
 
 def test_matmul_chain_multiplies_in_sequence_and_counts_its_flops():
