@@ -17,6 +17,25 @@ from configs import default  # noqa: E402
 
 IMAGENET = ('imagenet64', 'imagenet128', 'imagenet256', 'imagenet512', 'imagenet1024')
 CIFAR = ('cifar10_ddpm', 'cifar10_iddpm', 'cifar10_ncsnv2', 'cifar10_edm', 'cifar10_rin')
+# One per released checkpoint of the papers' own networks (diffusion_jax.convert).
+PAPER = (
+  'ddpm_cifar10',
+  'ddpm_celebahq256',
+  'ddpm_lsun_church256',
+  'ddpm_lsun_bedroom256',
+  'ddpm_lsun_cat256',
+  'adm_cifar10',
+  'adm_imagenet64',
+  'edm_cifar10_vp',
+  'edm_cifar10_ve',
+  'edm_imagenet64_adm',
+  'ncsnv2_cifar10',
+  'ncsnv2_celeba',
+  'ncsnv2_church',
+  'ncsnv2_bedroom',
+  'ncsnv2_tower',
+  'ncsnv2_ffhq',
+)
 
 
 def load(name):
@@ -35,7 +54,7 @@ def flat_keys(config, prefix=''):
   return keys
 
 
-@pytest.mark.parametrize('name', IMAGENET + CIFAR + ('digits',))
+@pytest.mark.parametrize('name', IMAGENET + CIFAR + PAPER + ('digits',))
 def test_config_is_valid_and_documents_its_launch_command(name):
   module, config = load(name)
   assert f'python main.py --config=configs/{name}.py --workdir=' in module.__doc__
