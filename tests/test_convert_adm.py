@@ -27,6 +27,7 @@ from configs import adm_cifar10, adm_imagenet64  # noqa: E402
 from diffusion_jax import config as config_lib  # noqa: E402
 from diffusion_jax import convert, models  # noqa: E402
 from diffusion_jax.convert import openai_unet  # noqa: E402
+from diffusion_jax.training import checkpointing  # noqa: E402
 from tests.reference_nets import guided_unet  # noqa: E402
 
 # The README flags of the released checkpoints, as create_model keywords.
@@ -335,3 +336,24 @@ def test_converted_checkpoint_samples_through_main(tmp_path, monkeypatch):
   images = samples['images']
   assert images.shape == (8, 16, 16, 3) and images.dtype == np.uint8
   assert len(np.unique(images)) > 10  # not a constant image
+
+
+def test_cli_takes_the_flags_from_the_config_for_a_bare_state_dict(tmp_path):
+  """A .pt with no flags beside it and an unknown name converts under --config=adm_*.py,
+  whose network_kwargs are the create_model flags; without --config it names both fixes."""
+  from diffusion_jax.convert import __main__ as cli
+
+  kwargs = dict(adm_cifar10.get_config('tiny').model.network_kwargs)
+  state_dict = random_state_dict(guided_unet.create_model(**_torch_flags(kwargs)), seed=4)
+  path = str(tmp_path / 'my_run.pt')
+  torch.save(state_dict, path)
+  with pytest.raises(ValueError, match='--reference_config=FILE or a --config=configs/X.py'):
+    cli.convert('openai_unet', path, str(tmp_path / 'none'))
+  record = cli.convert(
+    'openai_unet', path, str(tmp_path / 'run'), f'{ROOT}/configs/adm_cifar10.py:tiny'
+  )
+  assert record['config_matches_checkpoint']
+  numpy_dict = {k: v.numpy() for k, v in state_dict.items()}
+  want = convert.convert_state_dict('openai_unet', _torch_flags(kwargs), numpy_dict)
+  restored = checkpointing.restore_ema_params(str(tmp_path / 'run'), want)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), want)

@@ -151,9 +151,12 @@ def convert(
     )
   state_dict, found = f.load(input_path)
   ref = reference_config if reference_config is not None else found
+  if ref is None and config_spec is not None and f.reference_from_config is not None:
+    ref = f.reference_from_config(config_lib.load_config_file(config_spec))
   if ref is None:
     raise ValueError(
-      f'{input_path} carries no {fmt} config; pass it as JSON with --reference_config=FILE.'
+      f'{input_path} carries no {fmt} config; pass it as JSON with --reference_config=FILE'
+      + (' or a --config=configs/X.py whose network it is.' if f.reference_from_config else '.')
     )
   if config_spec is None:
     config_spec = f.default_config(ref, input_path) if f.default_config else None

@@ -39,6 +39,9 @@ class Format:
       layout and conventions (see `reference_forward`).
     default_config: optional (reference config, input path) -> the configs/X.py that
       fits the checkpoint, or None; the CLI uses it when --config is not given.
+    reference_from_config: optional (our ConfigDict) -> the reference config its
+      `model.network_kwargs` spell, or None; the CLI uses it for a file that carries no
+      config of its own when --config is given.
   """
 
   name: str
@@ -48,6 +51,7 @@ class Format:
   convert: Callable[[StateDict, dict[str, Any], Any], Any]
   forward: Callable[[Any, dict[str, Any], Mapping[str, Any]], np.ndarray]
   default_config: Callable[[dict[str, Any], str], str | None] | None = None
+  reference_from_config: Callable[[Any], dict[str, Any] | None] | None = None
 
 
 class TensorTaker:

@@ -255,6 +255,14 @@ def forward(params: Any, config: Any, inputs: Mapping[str, Any]) -> np.ndarray:
   return np.asarray(out).transpose(0, 3, 1, 2)
 
 
+def reference_from_config(config: Any) -> dict[str, Any] | None:
+  """The create_model flags of an adm_unet config (its network_kwargs), else None."""
+  model = config.model
+  if model.get('name') != 'adm_unet' or not model.get('network_kwargs'):
+    return None
+  return dict(model.network_kwargs)
+
+
 FORMAT = Format(
   name='openai_unet',
   description='OpenAI improved / guided-diffusion UNetModel .pt state dict + create_model flags',
@@ -263,4 +271,5 @@ FORMAT = Format(
   convert=convert,
   forward=forward,
   default_config=default_config,
+  reference_from_config=reference_from_config,
 )
