@@ -102,3 +102,20 @@ def set_reference_run(
   sample.num_steps = num_classes
   sample.n_steps_each = n_steps_each
   sample.step_lr = step_lr
+
+
+def folder_config(
+  folder: str, image_size: int, arch: str, **reference_run
+) -> ml_collections.ConfigDict:
+  """A reference yml's run on images read from `folder` (CelebA, LSUN, FFHQ): unconditional,
+  `arch`'s RefineNet at `image_size`, `set_reference_run(**reference_run)`, FID only."""
+  config = get_config()
+  data = config.data
+  data.name = 'folder'
+  data.folder = folder
+  data.image_size = image_size
+  data.num_classes = 0
+  set_network(config, arch=arch)
+  set_reference_run(config, **reference_run)
+  config.eval.metrics = ('fid',)
+  return config

@@ -22,15 +22,10 @@ from configs import cifar10_ncsnv2
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the configuration of the converted LSUN bedroom checkpoint."""
-  config = cifar10_ncsnv2.get_config()
-  data = config.data
-  data.name = 'folder'
-  data.folder = 'data/bedroom'
-  data.image_size = 128
-  data.num_classes = 0
-  cifar10_ncsnv2.set_network(config, arch='NCSNv2Deeper')
-  cifar10_ncsnv2.set_reference_run(
-    config,
+  return cifar10_ncsnv2.folder_config(
+    'data/bedroom',
+    128,
+    'NCSNv2Deeper',
     sigma_begin=190.0,
     num_classes=1086,
     step_lr=1.8e-6,
@@ -39,5 +34,3 @@ def get_config() -> ml_collections.ConfigDict:
     batch_size=128,
     adam_eps=1e-8,
   )
-  config.eval.metrics = ('fid',)
-  return config

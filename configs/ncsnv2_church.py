@@ -22,15 +22,10 @@ from configs import cifar10_ncsnv2
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the configuration of the converted LSUN church_outdoor checkpoint."""
-  config = cifar10_ncsnv2.get_config()
-  data = config.data
-  data.name = 'folder'
-  data.folder = 'data/church'
-  data.image_size = 64
-  data.num_classes = 0
-  cifar10_ncsnv2.set_network(config, arch='NCSNv2Deeper')
-  cifar10_ncsnv2.set_reference_run(
-    config,
+  return cifar10_ncsnv2.folder_config(
+    'data/church',
+    64,
+    'NCSNv2Deeper',
     sigma_begin=140.0,
     num_classes=788,
     step_lr=4.9e-6,
@@ -39,5 +34,3 @@ def get_config() -> ml_collections.ConfigDict:
     batch_size=128,
     adam_eps=1e-8,
   )
-  config.eval.metrics = ('fid',)
-  return config

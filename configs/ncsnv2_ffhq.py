@@ -22,15 +22,10 @@ from configs import cifar10_ncsnv2
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the configuration of the converted FFHQ checkpoint."""
-  config = cifar10_ncsnv2.get_config()
-  data = config.data
-  data.name = 'folder'
-  data.folder = 'data/ffhq'
-  data.image_size = 256
-  data.num_classes = 0
-  cifar10_ncsnv2.set_network(config, arch='NCSNv2Deepest')
-  cifar10_ncsnv2.set_reference_run(
-    config,
+  return cifar10_ncsnv2.folder_config(
+    'data/ffhq',
+    256,
+    'NCSNv2Deepest',
     sigma_begin=348.0,
     num_classes=2311,
     step_lr=9e-7,
@@ -39,5 +34,3 @@ def get_config() -> ml_collections.ConfigDict:
     batch_size=32,
     adam_eps=1e-3,
   )
-  config.eval.metrics = ('fid',)
-  return config
