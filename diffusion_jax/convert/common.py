@@ -104,6 +104,23 @@ class TensorTaker:
       )
 
 
+def fill_params(
+  abstract: Any, tensor: Callable[[tuple[str, ...], tuple[int, ...]], np.ndarray], network: str
+) -> Any:
+  """`{'params': ...}` with `abstract`'s tree: each leaf is `tensor(path, shape)`, `path` the
+  leaf's module path without 'params', as a contiguous array of the leaf's dtype."""
+  import jax
+  from flax import traverse_util
+
+  flat = {}
+  for key_path, spec in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+    path = tuple(str(getattr(k, 'key', k)) for k in key_path)
+    if path[0] != 'params':
+      raise ConversionError(f'unexpected variable collection {path[0]!r} in {network}.')
+    flat[path] = np.ascontiguousarray(tensor(path[1:], tuple(spec.shape)), dtype=spec.dtype)
+  return traverse_util.unflatten_dict(flat)
+
+
 def check_tree(params: Any, abstract: Any) -> None:
   """Raises ConversionError unless `params` has `abstract`'s tree, shapes and dtypes."""
   import jax

@@ -19,7 +19,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from diffusion_jax.convert import common, networks
@@ -152,23 +151,16 @@ def convert(state_dict: common.StateDict, config: dict[str, Any], abstract: Any)
   """Our `{'params': ...}` with `abstract`'s tree, every tensor taken by name and shape."""
   del config
   take = common.TensorTaker(rename_deprecated(state_dict))
-  params: dict[str, Any] = {}
-  for key_path, spec in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    path = tuple(str(getattr(k, 'key', k)) for k in key_path)
-    if path[0] != 'params':
-      raise common.ConversionError(f'unexpected variable collection {path[0]!r}.')
-    name, layout = torch_name(path[1:])
-    shape = tuple(spec.shape)
+
+  def tensor(path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
+    name, layout = torch_name(path)
     if layout == 'kernel' and len(shape) == 4:  # Conv HWIO <- OIHW
-      value = take.raw(name, (shape[3], shape[2], shape[0], shape[1])).transpose(2, 3, 1, 0)
-    elif layout == 'kernel':  # Dense [in, out] <- Linear [out, in]
-      value = take.raw(name, (shape[1], shape[0])).T
-    else:
-      value = take.raw(name, shape)
-    node = params
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = np.ascontiguousarray(value, dtype=spec.dtype)
+      return take.raw(name, (shape[3], shape[2], shape[0], shape[1])).transpose(2, 3, 1, 0)
+    if layout == 'kernel':  # Dense [in, out] <- Linear [out, in]
+      return take.raw(name, (shape[1], shape[0])).T
+    return take.raw(name, shape)
+
+  params = common.fill_params(abstract, tensor, 'the DDPM U-Net')
   take.finish()
   return params
 

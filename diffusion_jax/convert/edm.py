@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from diffusion_jax.convert.common import ConversionError, Format, StateDict, TensorTaker
+from diffusion_jax.convert.common import (
+  ConversionError,
+  Format,
+  StateDict,
+  TensorTaker,
+  fill_params,
+)
 
 PRECOND_KINDS = {'EDMPrecond': 'edm', 'VPPrecond': 'vp', 'VEPrecond': 've'}
 MODEL_NAMES = {'SongUNet': 'edm_songunet', 'DhariwalUNet': 'edm_dhariwalunet'}
@@ -314,24 +320,19 @@ def reference_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def convert(state_dict: StateDict, config: Any, abstract: Any) -> Any:
   """`{'params': ...}` of our network from the reference state dict, tensor by tensor."""
-  import jax
-  from flax import traverse_util
-
   from diffusion_jax.models import edm_networks
 
   parts = split_config(config)
   prefix = 'model.' if any(k.startswith('model.') for k in state_dict) else ''
   take = TensorTaker(state_dict)
-  flat = {}
-  for key_path, spec in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    path = tuple(str(k.key) for k in key_path)
-    if path[0] != 'params':
-      raise ConversionError(f'unexpected variable collection {path[0]!r} in the EDM network.')
-    inner = path[1:]
-    value = take.raw(torch_name(inner, prefix), reference_shape(inner[-1], tuple(spec.shape)))
-    if inner[-1] == 'kernel':
+
+  def tensor(path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
+    value = take.raw(torch_name(path, prefix), reference_shape(path[-1], shape))
+    if path[-1] == 'kernel':
       value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
-    flat[path] = np.ascontiguousarray(value, dtype=np.float32)
+    return value
+
+  params = fill_params(abstract, tensor, 'the EDM network')
   filt = edm_networks.resample_kernel(parts['network'].get('resample_filter', (1, 1)))
   for name in [k for k in state_dict if k.endswith('.resample_filter')]:
     value = take.raw(name)
@@ -341,7 +342,7 @@ def convert(state_dict: StateDict, config: Any, abstract: Any) -> Any:
         f'({parts["network"].get("resample_filter")}): the config does not match the checkpoint.'
       )
   take.finish()
-  return traverse_util.unflatten_dict(flat)
+  return params
 
 
 def precondition(config: Mapping[str, Any], sigma: np.ndarray) -> tuple[np.ndarray, ...]:

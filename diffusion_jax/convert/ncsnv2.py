@@ -22,7 +22,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from diffusion_jax.convert import common, networks
@@ -232,20 +231,14 @@ def convert(state_dict: common.StateDict, config: dict[str, Any], abstract: Any)
         f"tensor 'sigmas' {saved.shape} is not the config's ladder (model.sigma_begin, "
         f'sigma_end, num_classes give {expected.shape}): the config does not match the checkpoint.'
       )
-  params: dict[str, Any] = {}
-  for key_path, spec in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    path = tuple(str(getattr(k, 'key', k)) for k in key_path)
-    if path[0] != 'params':
-      raise common.ConversionError(f'unexpected variable collection {path[0]!r}.')
-    name, shape = torch_name(path[1:]), tuple(spec.shape)
+
+  def tensor(path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
+    name = torch_name(path)
     if path[-1] == 'kernel':  # Conv HWIO <- OIHW
-      value = take.raw(name, (shape[3], shape[2], shape[0], shape[1])).transpose(2, 3, 1, 0)
-    else:
-      value = take.raw(name, shape)
-    node = params
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = np.ascontiguousarray(value, dtype=spec.dtype)
+      return take.raw(name, (shape[3], shape[2], shape[0], shape[1])).transpose(2, 3, 1, 0)
+    return take.raw(name, shape)
+
+  params = common.fill_params(abstract, tensor, 'the NCSNv2 RefineNet')
   take.finish()
   return params
 

@@ -30,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from diffusion_jax.convert.common import ConversionError, Format, StateDict, TensorTaker
+from diffusion_jax.convert.common import (
+  ConversionError,
+  Format,
+  StateDict,
+  TensorTaker,
+  fill_params,
+)
 from diffusion_jax.models import adm_unet
 from diffusion_jax.models.adm_unet import KWARG_DEFAULTS
 
@@ -220,22 +226,17 @@ def reference_layout(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int
 
 def convert(state_dict: StateDict, config: Any, abstract: Any) -> Any:
   """`{'params': ...}` of `adm_unet` from the reference state dict, tensor by tensor."""
-  import jax
-  from flax import traverse_util
-
   take = TensorTaker(state_dict)
-  flat = {}
-  for key_path, spec in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    path = tuple(str(k.key) for k in key_path)
-    if path[0] != 'params':
-      raise ConversionError(f'unexpected variable collection {path[0]!r} in adm_unet.')
-    inner = path[1:]
-    value = take.raw(torch_name(inner), reference_layout(inner, tuple(spec.shape)))
-    if inner[-1] == 'kernel':
-      value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.reshape(spec.shape[::-1]).T
-    flat[path] = np.ascontiguousarray(value, dtype=np.float32)
+
+  def tensor(path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
+    value = take.raw(torch_name(path), reference_layout(path, shape))
+    if path[-1] == 'kernel':
+      value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.reshape(shape[::-1]).T
+    return value
+
+  params = fill_params(abstract, tensor, 'adm_unet')
   take.finish()
-  return traverse_util.unflatten_dict(flat)
+  return params
 
 
 def forward(params: Any, config: Any, inputs: Mapping[str, Any]) -> np.ndarray:
