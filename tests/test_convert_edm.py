@@ -255,6 +255,37 @@ def test_full_size_parameter_counts_equal_the_reference(module, name, extra):
   assert edm.default_config({'precond': precond, **kwargs}) == f'configs/{module.__name__[8:]}.py'
 
 
+@pytest.mark.parametrize(
+  'data,arch,dropout',
+  [('ffhq', 'vp', 0.05), ('ffhq', 've', 0.05), ('afhq', 'vp', 0.25), ('afhq', 've', 0.25)],
+)
+def test_unconditional_64x64_configs_are_the_released_networks(data, arch, dropout):
+  """EDM's FFHQ / AFHQv2 64x64 pickles (train.py --cres=1,2,2,2 --dropout=...): the file
+  name picks our config, and the converter's settings for it are that config's run."""
+  base = cifar10_edm.DDPMPP if arch == 'vp' else cifar10_edm.NCSNPP
+  network = {**base, 'channel_mult': [1, 2, 2, 2], 'dropout': dropout}
+  kwargs = dict(
+    precond='EDMPrecond',
+    img_resolution=64,
+    img_channels=3,
+    label_dim=0,
+    model_type='SongUNet',
+    **network,
+  )
+  spec = f'configs/edm_{data}64_{arch}.py'
+  released = f'edm-{"afhqv2" if data == "afhq" else data}-64x64-uncond-{arch}.pkl'
+  assert edm.default_config(kwargs, released) == spec
+  assert edm.default_config(kwargs, 'my-64x64-run.pkl') is None  # then --config is asked for
+  run = config_lib.build_run_config(
+    config_lib.load_config_file(os.path.join(ROOT, spec)), num_devices=8
+  )
+  overrides = edm.model_overrides({**kwargs, 'use_fp16': True})
+  converted = cli.apply_overrides(config_lib.load_config_file(os.path.join(ROOT, spec)), overrides)
+  ours = config_lib.build_run_config(converted, num_devices=8)
+  assert (ours.model, ours.diffusion, ours.sample) == (run.model, run.diffusion, run.sample)
+  assert run.sample.num_steps == 40 and not run.conditional
+
+
 @pytest.fixture(scope='module')
 def converted(tmp_path_factory):
   """case -> (state dict, reference config, numpy inputs, torch D(x; sigma)), read from files."""

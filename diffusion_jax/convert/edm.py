@@ -287,10 +287,15 @@ def model_overrides(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def default_config(config: Mapping[str, Any], path: str = '') -> str | None:
-  """Our configs/edm_*.py for a checkpoint of this architecture and resolution."""
-  del path
+  """Our configs/edm_*.py for a checkpoint of this architecture and resolution; at 64x64
+  the SongUNet checkpoints (FFHQ, AFHQv2) are told apart by their released file names."""
   parts = split_config(config)
   embedding = parts['network'].get('embedding_type')
+  if parts['model_type'] == 'SongUNet' and parts['img_resolution'] == 64:
+    name = os.path.basename(path).lower()
+    data = 'ffhq' if 'ffhq' in name else 'afhq' if 'afhq' in name else None
+    arch = {'positional': 'vp', 'fourier': 've'}.get(embedding)
+    return f'configs/edm_{data}64_{arch}.py' if data and arch else None
   return CONFIGS.get((parts['model_type'], embedding, parts['img_resolution']))
 
 
