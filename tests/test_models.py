@@ -778,3 +778,48 @@ def test_rin_without_self_cond_equals_zero_self_cond():
   for a, b in zip(got(moved), want):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
   assert rel_err(want[0], rin_eval_fn()(params, x, t, y, zeros)[0]) > 1e-3  # the unit acts
+
+
+def _np_attention(q, k, v):
+  logits = np.einsum('bthd,bshd->bhts', q, k) / np.sqrt(q.shape[-1])
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  return np.einsum('bhts,bshd->bthd', w, v)
+
+
+@pytest.mark.parametrize('impl', ['einsum', 'xla'])
+def test_attention_impls_equal_a_float64_attention_and_its_gradient(impl):
+  rng = np.random.default_rng(3)
+  q, k, v = (rng.normal(size=(2, n, 3, 8)).astype(np.float32) for n in (5, 7, 7))
+  np.testing.assert_allclose(
+    layers.attention(q, k, v, impl=impl),
+    _np_attention(*(a.astype(np.float64) for a in (q, k, v))),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  # d/dq of sum(out * c) by central differences of the float64 reference.
+  c = rng.normal(size=(2, 5, 3, 8))
+  grad = jax.grad(lambda q: jnp.sum(layers.attention(q, k, v, impl=impl) * c))(q)
+  qd, eps = q.astype(np.float64), 1e-6
+  for idx in [(0, 0, 0, 0), (1, 4, 2, 7), (0, 2, 1, 3)]:
+    plus, minus = qd.copy(), qd.copy()
+    plus[idx] += eps
+    minus[idx] -= eps
+    fd = (np.sum(_np_attention(plus, k, v) * c) - np.sum(_np_attention(minus, k, v) * c)) / (
+      2 * eps
+    )
+    np.testing.assert_allclose(grad[idx], fd, rtol=1e-4, atol=1e-5)
+
+
+def test_gelu_exact_equals_the_float64_erf_gelu_and_its_derivative():
+  x = np.linspace(-12, 12, 2001).astype(np.float32)
+  xd = x.astype(np.float64)
+  exact = 0.5 * xd * (1 + scipy.special.erf(xd / np.sqrt(2)))
+  got = np.asarray(layers.gelu_exact(jnp.asarray(x)), np.float64)
+  np.testing.assert_allclose(got, exact, rtol=0, atol=2e-6 * np.maximum(1, np.abs(xd)).max() / 12)
+  np.testing.assert_allclose(got, jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=2e-6)
+  # Phi(x) + x phi(x)
+  deriv = 0.5 * (1 + scipy.special.erf(xd / np.sqrt(2))) + xd * np.exp(-(xd**2) / 2) / np.sqrt(
+    2 * np.pi
+  )
+  np.testing.assert_allclose(jax.vmap(jax.grad(layers.gelu_exact))(x), deriv, rtol=1e-5, atol=2e-6)

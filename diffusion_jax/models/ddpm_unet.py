@@ -32,7 +32,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   'silu': nn.silu,
   'swish': nn.silu,
   'relu': nn.relu,
-  'gelu': lambda x: nn.gelu(x, approximate=False),  # torch.nn.GELU()
+  'gelu': layers.gelu_exact,  # torch.nn.GELU()
   'mish': lambda x: x * jnp.tanh(nn.softplus(x)),
 }
 # UNet2DModel.__init__'s defaults (diffusers 0.42.1): what a config.json key left out means.

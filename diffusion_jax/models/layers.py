@@ -140,18 +140,21 @@ def attention(
 
   Logits and softmax run in float32 even for bfloat16 inputs. `impl`: 'auto' lets
   `jax.nn.dot_product_attention` pick (cuDNN flash attention on GPUs where eligible,
-  XLA elsewhere); 'xla' / 'cudnn' force one; 'einsum' spells the two matmuls out (on
-  this CPU the faster choice for a whole RIN train step, 2.2 vs 2.5 s for the small RIN at
-  batch 8: benchmarks/train_step.py; forward passes alone: benchmarks/models.py).
+  XLA elsewhere); 'xla' / 'cudnn' force one; 'einsum' spells the two matmuls out on
+  heads-major copies (on CPU the faster choice for a whole RIN train step:
+  benchmarks/train_step.py; forward passes alone: benchmarks/models.py).
 
   Source: Vaswani et al. 2017, eq. 1.
   """
   if impl == 'einsum':
     # Scaling q (T x Dh values) instead of the logits (T x S) is the same math, less work.
     q = q * np.asarray(1.0 / np.sqrt(q.shape[-1]), q.dtype)
-    logits = jnp.einsum('bthd,bshd->bhts', q, k, preferred_element_type=jnp.float32)
+    # Heads-major copies make both products plain batched matmuls over (B, H); einsums
+    # on the [B, T, H, Dh] layout itself ran the forward products 4x slower on CPU.
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+    logits = jnp.einsum('bhtd,bhsd->bhts', q, k, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum('bhts,bshd->bthd', weights, v).astype(dtype)
+    return jnp.einsum('bhts,bhsd->bhtd', weights, v).transpose(0, 2, 1, 3).astype(dtype)
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f'attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}.')
   out = jax.nn.dot_product_attention(q, k, v, implementation=None if impl == 'auto' else impl)
@@ -308,11 +311,24 @@ class CrossAttention(nn.Module):
     return dense(dim, 'out', out_init, axis=(-2, -1))(out)  # [B, T, D]
 
 
+def gelu_exact(x: jax.Array) -> jax.Array:
+  """The exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (Hendrycks & Gimpel 2016, eq. 1).
+
+  The same function as `jax.nn.gelu(x, approximate=False)`, which writes it with erfc;
+  XLA's float32 erf is a single rational polynomial and erfc is not, so this form costs
+  about half as much on CPU (benchmarks/train_step.py). The two differ by float32 rounding
+  only (about 1 ulp of |x|; tests/test_layers.py checks both against a float64 GELU).
+  """
+  half = jnp.asarray(0.5, x.dtype)
+  return half * x * (1 + jax.lax.erf(x * jnp.asarray(1 / np.sqrt(2), x.dtype)))
+
+
 class Mlp(nn.Module):
   """Two-layer GELU MLP with dropout on the hidden units (not on its output).
 
   `approximate_gelu=False` (default) is the exact erf GELU of tf.nn.gelu, which the
-  reference's Dense(activation=tf.nn.gelu) uses; True is flax's tanh approximation.
+  reference's Dense(activation=tf.nn.gelu) uses (`gelu_exact`); True is flax's tanh
+  approximation.
 
   Source: pix2seq architectures/transformers.py, FeedForwardLayer
   (dense1 -> gelu -> dropout -> dense2).
@@ -336,7 +352,7 @@ class Mlp(nn.Module):
       dot_general=flat_dot_general,
       name='fc1',
     )(x)
-    h = nn.gelu(h, approximate=self.approximate_gelu)
+    h = nn.gelu(h, approximate=True) if self.approximate_gelu else gelu_exact(h)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     return nn.Dense(
       dim,
