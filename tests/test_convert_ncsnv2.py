@@ -39,7 +39,8 @@ from diffusion_jax.objectives import create_objective  # noqa: E402
 from diffusion_jax.training import checkpointing  # noqa: E402
 from tests.reference_nets import ncsnv2 as reference  # noqa: E402
 
-MIRROR = '/work/.mirror/ermongroup+ncsnv2/repo'
+# The reference repository, when at hand: a checkout or a bare git mirror.
+REPO = os.environ.get('NCSNV2_REPO', '')
 # From the reference code (models/ncsnv2.py at ngf = 128, the published configs):
 # parameters, state-dict tensors (the sigmas buffer included), sha256 of 'name:shape' lines.
 PUBLISHED = {
@@ -190,10 +191,10 @@ def test_full_size_parameter_count_is_the_papers():
 
 def _reference_models(tmp_path):
   """The reference's `models` package: from NCSNV2_REPO (a checkout or bare mirror)."""
-  source = os.environ.get('NCSNV2_REPO', MIRROR)
+  source = REPO
   if os.path.isfile(os.path.join(source, 'models', 'ncsnv2.py')):
     return source
-  if not os.path.isdir(source):
+  if not source or not os.path.isdir(source):
     pytest.skip('the reference repository is not here (set NCSNV2_REPO)')
   archive = subprocess.run(
     ['git', f'--git-dir={source}', 'archive', 'HEAD', 'models'], capture_output=True, check=True
@@ -269,17 +270,19 @@ def test_converted_checkpoint_matches_the_reference(arch, tmp_path):
 
 @pytest.mark.parametrize('name', list(PUBLISHED_RUNS))
 def test_published_configs_are_our_configs(name, tmp_path):
-  """Each published run's yml (the mirror's own file when at hand) converts to our config
-  of that checkpoint exactly: network, ladder and sampler."""
+  """Each published run's yml (the reference's own file when NCSNV2_REPO is at hand)
+  converts to our config of that checkpoint exactly: network, ladder and sampler."""
   ref = published_yml(name)
-  if os.path.isdir(MIRROR):
-    shown = subprocess.run(
-      ['git', f'--git-dir={MIRROR}', 'show', f'HEAD:configs/{name}.yml'],
-      capture_output=True,
-      check=True,
-    )
-    path = tmp_path / f'{name}.yml'
-    path.write_bytes(shown.stdout)
+  if REPO and os.path.isdir(REPO):
+    path = os.path.join(REPO, 'configs', f'{name}.yml')
+    if not os.path.isfile(path):  # a bare mirror
+      shown = subprocess.run(
+        ['git', f'--git-dir={REPO}', 'show', f'HEAD:configs/{name}.yml'],
+        capture_output=True,
+        check=True,
+      )
+      path = tmp_path / f'{name}.yml'
+      path.write_bytes(shown.stdout)
     real = ncsnv2.read_config(str(path))
     for section in ('data', 'model'):
       assert {k: real[section].get(k) for k in ref[section]} == ref[section]
