@@ -11,7 +11,6 @@ import hashlib
 import importlib
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -29,6 +28,7 @@ from diffusion_jax import convert, models  # noqa: E402
 from diffusion_jax.convert import openai_unet  # noqa: E402
 from diffusion_jax.training import checkpointing  # noqa: E402
 from tests.reference_nets import guided_unet  # noqa: E402
+from tests.reference_nets.repository import reference_tree  # noqa: E402
 
 # The README flags of the released checkpoints, as create_model keywords.
 IMAGENET64 = dict(
@@ -152,22 +152,6 @@ def test_our_network_maps_onto_every_reference_tensor(name):
   assert openai_unet.default_config({}, f'/downloads/{released}') == f'configs/adm_{name}.py'
 
 
-def _reference_package(package, env, tmp_path):
-  """The reference package's parent directory: a checkout, or extracted from a bare mirror."""
-  source = os.environ.get(env, '')
-  if os.path.isdir(os.path.join(source, package)):
-    return source
-  if not source or not os.path.isdir(source):
-    pytest.skip(f'the reference repository is not here (set {env})')
-  out = tmp_path / package
-  out.mkdir()
-  archive = subprocess.run(
-    ['git', f'--git-dir={source}', 'archive', 'HEAD', package], capture_output=True, check=True
-  )
-  subprocess.run(['tar', '-x', '-C', str(out)], input=archive.stdout, check=True)
-  return str(out)
-
-
 @pytest.mark.parametrize(
   'package,env,flags,tiny',
   [
@@ -186,7 +170,7 @@ def _reference_package(package, env, tmp_path):
   ],
 )
 def test_transcription_equals_the_reference_code(package, env, flags, tiny, tmp_path):
-  sys.path.insert(0, _reference_package(package, env, tmp_path))
+  sys.path.insert(0, reference_tree(env, (package,), tmp_path))
   try:
     script_util = importlib.import_module(f'{package}.script_util')
   finally:

@@ -12,7 +12,6 @@ import hashlib
 import importlib
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -36,6 +35,7 @@ from diffusion_jax.models import edm_precond  # noqa: E402
 from diffusion_jax.objectives import create_objective  # noqa: E402
 from diffusion_jax.training import checkpointing  # noqa: E402
 from tests.reference_nets import edm_networks as ref  # noqa: E402
+from tests.reference_nets.repository import reference_tree  # noqa: E402
 
 FULL = {  # the released checkpoints' constructor kwargs
   'ddpmpp': (
@@ -173,27 +173,11 @@ def test_transcription_has_the_reference_layer_list_and_parameter_count(name):
   assert layer_list(net.state_dict()) == (tensors, digest)
 
 
-def _edm_repo(tmp_path):
-  """The EDM repository's root: a checkout, or extracted from a bare mirror."""
-  source = os.environ.get('EDM_REPO', '')
-  if os.path.isfile(os.path.join(source, 'training', 'networks.py')):
-    return source
-  if not source or not os.path.isdir(source):
-    pytest.skip('the EDM repository is not here (set EDM_REPO)')
-  archive = subprocess.run(
-    ['git', f'--git-dir={source}', 'archive', 'HEAD', 'training', 'torch_utils', 'dnnlib'],
-    capture_output=True,
-    check=True,
-  )
-  subprocess.run(['tar', '-x', '-C', str(tmp_path)], input=archive.stdout, check=True)
-  return str(tmp_path)
-
-
 def test_transcription_and_loader_equal_the_reference_code(tmp_path):
   import copy
   import pickle
 
-  sys.path.insert(0, _edm_repo(tmp_path))
+  sys.path.insert(0, reference_tree('EDM_REPO', ('training', 'torch_utils', 'dnnlib'), tmp_path))
   try:
     dnnlib = importlib.import_module('dnnlib')
     importlib.import_module('training.networks')

@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import importlib
 import os
-import subprocess
 import sys
 
 import jax
@@ -38,9 +37,9 @@ from diffusion_jax.convert import ncsnv2  # noqa: E402
 from diffusion_jax.objectives import create_objective  # noqa: E402
 from diffusion_jax.training import checkpointing  # noqa: E402
 from tests.reference_nets import ncsnv2 as reference  # noqa: E402
+from tests.reference_nets.repository import reference_tree  # noqa: E402
 
-# The reference repository, when at hand: a checkout or a bare git mirror.
-REPO = os.environ.get('NCSNV2_REPO', '')
+REPO_ENV = 'NCSNV2_REPO'  # the reference repository, when at hand (reference_nets/repository.py)
 # From the reference code (models/ncsnv2.py at ngf = 128, the published configs):
 # parameters, state-dict tensors (the sigmas buffer included), sha256 of 'name:shape' lines.
 PUBLISHED = {
@@ -189,22 +188,8 @@ def test_full_size_parameter_count_is_the_papers():
   assert n == PUBLISHED['NCSNv2'][0]
 
 
-def _reference_models(tmp_path):
-  """The reference's `models` package: from NCSNV2_REPO (a checkout or bare mirror)."""
-  source = REPO
-  if os.path.isfile(os.path.join(source, 'models', 'ncsnv2.py')):
-    return source
-  if not source or not os.path.isdir(source):
-    pytest.skip('the reference repository is not here (set NCSNV2_REPO)')
-  archive = subprocess.run(
-    ['git', f'--git-dir={source}', 'archive', 'HEAD', 'models'], capture_output=True, check=True
-  )
-  subprocess.run(['tar', '-x', '-C', str(tmp_path)], input=archive.stdout, check=True)
-  return str(tmp_path)
-
-
 def test_transcription_equals_the_reference_code(tmp_path):
-  sys.path.insert(0, _reference_models(tmp_path))
+  sys.path.insert(0, reference_tree(REPO_ENV, ('models',), tmp_path))
   saved = {k: v for k, v in sys.modules.items() if k == 'models' or k.startswith('models.')}
   try:
     for k in saved:
@@ -273,17 +258,9 @@ def test_published_configs_are_our_configs(name, tmp_path):
   """Each published run's yml (the reference's own file when NCSNV2_REPO is at hand)
   converts to our config of that checkpoint exactly: network, ladder and sampler."""
   ref = published_yml(name)
-  if REPO and os.path.isdir(REPO):
-    path = os.path.join(REPO, 'configs', f'{name}.yml')
-    if not os.path.isfile(path):  # a bare mirror
-      shown = subprocess.run(
-        ['git', f'--git-dir={REPO}', 'show', f'HEAD:configs/{name}.yml'],
-        capture_output=True,
-        check=True,
-      )
-      path = tmp_path / f'{name}.yml'
-      path.write_bytes(shown.stdout)
-    real = ncsnv2.read_config(str(path))
+  if os.path.isdir(os.environ.get(REPO_ENV, '')):
+    root = reference_tree(REPO_ENV, (f'configs/{name}.yml',), tmp_path)
+    real = ncsnv2.read_config(os.path.join(root, 'configs', f'{name}.yml'))
     for section in ('data', 'model'):
       assert {k: real[section].get(k) for k in ref[section]} == ref[section]
     for key in ('step_lr', 'n_steps_each'):
